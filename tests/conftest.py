@@ -1,0 +1,22 @@
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def fixtures_dir() -> Path:
+    """Parity fixtures: $EMO_FIXTURES, else ../shared/fixtures beside the checkout."""
+    env = os.environ.get("EMO_FIXTURES")
+    return Path(env) if env else ROOT.parent / "shared" / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def fixtures() -> Path:
+    path = fixtures_dir()
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"parity fixtures not found at {path}: set EMO_FIXTURES to the folder that holds "
+            "hallo-tiny/ and echomimic-tiny/ (CI keeps it at ../shared/fixtures)")
+    return path
