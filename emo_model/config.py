@@ -1,0 +1,81 @@
+"""EMOConfig: everything that shapes the model and its default sampling settings, stored as the native config.json.
+
+One implementation serves EMO (native), Hallo and EchoMimic; the switches below are what differs between them.
+"""
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# SD1.5's UNet (diffusers UNet2DConditionModel config); ReferenceNet and backbone share it.
+SD15_UNET = dict(
+    sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+    block_out_channels=[320, 640, 1280, 1280], attention_head_dim=8, cross_attention_dim=768,
+    norm_num_groups=32, norm_eps=1e-5, act_fn="silu", flip_sin_to_cos=True, freq_shift=0,
+    down_block_types=["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
+    up_block_types=["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
+)
+
+# DDIM as Hallo and EchoMimic sample (v-prediction, zero terminal SNR, trailing spacing).
+DDIM_V_ZSNR = dict(
+    num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="linear",
+    clip_sample=False, steps_offset=1, prediction_type="v_prediction", rescale_betas_zero_snr=True,
+    timestep_spacing="trailing", set_alpha_to_one=True,
+)
+
+
+@dataclass
+class EMOConfig:
+    kind: str = "native"                    # "native" (EMO), "hallo", "echomimic": how the checkpoint was made
+    resolution: int = 512                   # pixel side of the square face crop
+    unet: dict = field(default_factory=lambda: dict(SD15_UNET))
+    # What the cross-attention slot (attn2) of the UNets receives: "identity" tokens (Hallo, native),
+    # "audio" tokens (EchoMimic; ReferenceNet then has no attn2), or "none".
+    cross_attention: str = "identity"
+    audio_gain: float = 1.0                 # EchoMimic multiplies the attn2 audio output by 3.0
+    # Audio-attention layers after each reference-attention (EMO, Hallo); None when audio uses the attn2 slot.
+    audio_attention: dict | None = field(default_factory=lambda: dict(audio_dim=768, regions=False, heads=8))
+    # Temporal modules (AnimateDiff v2): heads, position-table length, and whether the blocks without spatial
+    # attention (down_blocks.3, up_blocks.0) run theirs (Hallo's official path skips them).
+    temporal: dict = field(default_factory=lambda: dict(heads=8, max_len=32, plain_blocks=True))
+    temporal_mode: str = "motion_frames"    # "motion_frames" (EMO, Hallo) or "context_windows" (EchoMimic)
+    frames_per_clip: int = 12               # f (EMO 12, Hallo 16, EchoMimic's window 12)
+    motion_frames: int = 4                  # n (EMO 4, Hallo 2); the window overlap in context_windows mode
+    first_clip_motion: str = "reference"    # motion frames of the first clip: "reference" latents repeated, or "zeros"
+    hallo_identity_tiling: bool = False     # reproduce Hallo's row tiling of identity tokens in ReferenceNet
+    identity: dict | None = field(default_factory=lambda: dict(embed_dim=512, tokens=4))
+    face_locator: dict = field(default_factory=lambda: dict(in_channels=1, block_out_channels=[16, 32, 96, 256]))
+    # Audio tokens per frame: wav2vec2 features of all layers in a +-window, projected (EMO, Hallo), or whisper
+    # features in a 10-frame chunk used raw (EchoMimic).
+    audio_encoder: dict = field(default_factory=lambda: dict(kind="wav2vec2", fps=25.0, window=2))
+    audio_projection: dict | None = field(default_factory=lambda: dict(
+        seq_len=5, blocks=12, channels=768, intermediate_dim=512, output_dim=768, context_tokens=32))
+    speed: dict | None = None               # speed layers: centers, radii, window, dim, hidden
+    scheduler: dict = field(default_factory=lambda: dict(DDIM_V_ZSNR))
+    init_noise_clamp: float | None = None   # EchoMimic clamps its initial noise to +-1.5
+    vae_scale: float = 0.18215
+    # Default sampling settings (the sampler's "auto").
+    steps: int = 40
+    audio_cfg: float = 3.5
+    ref_cfg: float = 3.5
+    fps: float = 25.0
+    speed_value: float = 1.0
+
+    @property
+    def latent_size(self) -> int:
+        return self.resolution // 8
+
+    def to_json(self, path: Path) -> None:
+        Path(path).write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "EMOConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown config keys {sorted(unknown)}")
+        return cls(**d)
+
+    @classmethod
+    def from_json(cls, path: Path) -> "EMOConfig":
+        return cls.from_dict(json.loads(Path(path).read_text()))

@@ -1,0 +1,372 @@
+"""EMOPipeline: audio + reference -> video frames, clip by clip.
+
+Flow: the whole track is encoded once (`encode_audio`), the reference once (`encode_reference`: VAE latent,
+face-locator mask, ReferenceNet features computed on first use), then `sample` denoises clips of f frames with DDIM
+(the checkpoint's schedule) and yields each clip's decoded frames as soon as it is done. In "motion_frames" mode
+(EMO, Hallo) the last n frames of a clip go through ReferenceNet and join the next clip's temporal layers; in
+"context_windows" mode (EchoMimic) the whole video is denoised at once with overlapping, shifting windows.
+
+Guidance, with s_r the reference scale and s_a the audio scale, over three passes (uncond: no reference, no audio,
+no face locator; ref: reference without audio; full: everything):
+    out = uncond + s_r (ref - uncond) + s_a (full - ref) = (1 - s_r) uncond + (s_r - s_a) ref + s_a full
+A pass whose weight is zero is not run: s_r = s_a = 1 runs one pass; s_r = 1 skips uncond; s_r = s_a (Hallo's and
+EchoMimic's single scale) skips ref. All passes of a step go through the backbone as one batch.
+"""
+import math
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import DDIMScheduler
+from einops import rearrange
+
+from .audio_io import count_frames, fps_fraction, mix_and_resample
+from .backbone import BackboneContext
+from .errors import EMOInputError
+from .model import EMOModel
+from .region_masks import region_masks
+
+
+@dataclass
+class EncodedAudio:
+    """tokens: [F_pad, T, D] audio tokens per video frame (F_pad >= num_frames, padded to whole clips), on the CPU."""
+    tokens: torch.Tensor
+    num_frames: int
+    fps: Fraction
+    waveform: torch.Tensor      # [channels, samples] as given (for muxing)
+    sample_rate: int
+
+    @property
+    def duration(self) -> float:
+        return self.waveform.shape[-1] / self.sample_rate
+
+
+@dataclass
+class EncodedReference:
+    """The reference crop and everything derived from it. image: [1, 3, H, W] in -1..1; latent: [1, 4, h, w]
+    (scaled); locator_mask: [1, c, 1, H, W] in 0..1; masks: Hallo's region masks or None."""
+    image: torch.Tensor
+    latent: torch.Tensor
+    locator_mask: torch.Tensor
+    masks: list | None = None
+    identity_embedding: torch.Tensor | None = None
+    _cache: dict = field(default_factory=dict, repr=False)
+
+
+@dataclass
+class SampleProgress:
+    step: int               # 1-based, counted over all clips
+    total_steps: int
+    clip: int               # 0-based
+    num_clips: int
+    latents: torch.Tensor   # [1, 4, f, h, w] current latents of the clip (or window set)
+
+
+@dataclass
+class _Pass:
+    ref: bool
+    audio: bool
+    face: bool
+    cond_identity: bool
+
+
+FULL, REF_ONLY, UNCOND = _Pass(True, True, True, True), _Pass(True, False, True, True), _Pass(False, False, False, False)
+
+
+def guidance_passes(audio_cfg: float, ref_cfg: float) -> list[tuple[_Pass, float]]:
+    """The passes to run and their weights (see the module docstring)."""
+    weights = [(UNCOND, 1.0 - ref_cfg), (REF_ONLY, ref_cfg - audio_cfg), (FULL, audio_cfg)]
+    return [(p, w) for p, w in weights if p is FULL or abs(w) > 1e-8]
+
+
+class EMOPipeline:
+    def __init__(self, model: EMOModel):
+        self.model = model
+        self.config = model.config
+
+    @property
+    def device(self):
+        return self.model.device
+
+    @property
+    def dtype(self):
+        return self.model.dtype
+
+    # ------------------------------------------------------------------ audio
+    @torch.no_grad()
+    def encode_audio(self, waveform, sample_rate: int, fps, frames_per_clip: int | None = None) -> EncodedAudio:
+        """waveform: [channels, samples] (or [samples]) float in -1..1, any rate; fps: video frame rate (29.97 ok).
+        The whole track is encoded once; frame count = ceil(duration x fps)."""
+        cfg = self.config
+        if self.model.audio_encoder is None:
+            raise EMOInputError("this model has no audio encoder loaded: put the audio encoder folder beside the model "
+                                "(see README, 'Where model files go')")
+        waveform = torch.as_tensor(waveform, dtype=torch.float32)
+        if waveform.ndim == 1:
+            waveform = waveform[None]
+        fps_q = fps_fraction(fps)
+        num_frames = count_frames(waveform.shape[-1], sample_rate, fps_q)
+        f = frames_per_clip or cfg.frames_per_clip
+        wave16 = mix_and_resample(waveform, sample_rate, 16000)
+        enc = self.model.audio_encoder
+        if cfg.audio_encoder["kind"] == "whisper":
+            feats = enc.features(wave16)
+            tokens = enc.chunks(feats, float(fps_q), num_frames)
+        else:
+            enc_fps = fps_fraction(cfg.audio_encoder.get("fps") or fps_q)
+            pad = f if cfg.audio_encoder.get("pad_to_clip") else 1
+            if enc_fps == fps_q:
+                feats = enc.encode(wave16, fps_q, pad_multiple=pad)
+            else:  # encode at the rate the model was trained with, then resample features to the video rate
+                feats = enc.encode(wave16, enc_fps)
+                n_out = math.ceil(num_frames / pad) * pad
+                feats = F.interpolate(rearrange(feats, "f l c -> 1 (l c) f"), size=n_out, mode="linear",
+                                      align_corners=True)
+                feats = rearrange(feats, "1 (l c) f -> f l c", l=enc.num_layers)
+            proj = self.model.audio_projection
+            m = cfg.audio_encoder.get("window", 2)
+            tokens = torch.cat([proj(enc.window(feats, m, s, min(s + 256, feats.shape[0])).to(self.device, self.dtype)).cpu()
+                                for s in range(0, feats.shape[0], 256)])
+        tokens = tokens.to(self.dtype)
+        n_pad = math.ceil(num_frames / f) * f if cfg.temporal_mode == "motion_frames" else num_frames
+        if tokens.shape[0] < n_pad:
+            tokens = torch.cat([tokens, tokens[-1:].expand(n_pad - tokens.shape[0], -1, -1)])
+        return EncodedAudio(tokens[:max(n_pad, num_frames)], num_frames, fps_q, waveform, sample_rate)
+
+    # ------------------------------------------------------------------ reference
+    @torch.no_grad()
+    def encode_reference(self, image, face_mask, identity_embedding=None) -> EncodedReference:
+        """image: [H, W, 3] float 0..1 (the square face crop; resized to the model's resolution if needed);
+        face_mask: [H, W] 0..1, the face-region box (union over the clip). identity_embedding: [512] face embedding
+        for Hallo's identity tokens, or None (Hallo then uses a zero embedding, as its own script does without a face)."""
+        res = self.config.resolution
+        image = torch.as_tensor(np.asarray(image) if not torch.is_tensor(image) else image, dtype=torch.float32)
+        if image.ndim != 3 or image.shape[-1] != 3:
+            raise EMOInputError(f"the reference must be an RGB image [H, W, 3], got shape {tuple(image.shape)}")
+        if image.max() > 1.5:
+            image = image / 255.0
+        mask = torch.as_tensor(np.asarray(face_mask) if not torch.is_tensor(face_mask) else face_mask, dtype=torch.float32)
+        if mask.ndim != 2:
+            raise EMOInputError(f"the face mask must be [H, W], got shape {tuple(mask.shape)}")
+        if mask.max() <= 0:
+            raise EMOInputError("the face mask is empty: give a MASK that covers the face, or let detection find it")
+        img = F.interpolate(rearrange(image, "h w c -> 1 c h w"), size=(res, res), mode="bilinear", antialias=True,
+                            align_corners=False) * 2 - 1
+        mask = (F.interpolate(mask[None, None], size=(res, res), mode="bilinear", align_corners=False) > 0.5).float()
+        latent = self._vae_encode(img)
+        c = self.model.face_locator.in_channels
+        locator = mask.expand(1, c, res, res)[:, :, None]
+        masks = None
+        if self.config.audio_attention and self.config.audio_attention.get("regions"):
+            masks = region_masks(mask[0, 0].numpy(), self.config.latent_size)
+        emb = None if identity_embedding is None else torch.as_tensor(identity_embedding, dtype=torch.float32).reshape(1, -1)
+        return EncodedReference(img, latent.cpu(), locator, masks, emb)
+
+    def _vae_encode(self, pixels):  # [n, 3, H, W] in -1..1 -> [n, 4, h, w] scaled latents
+        vae = self.model.vae
+        out = vae.encode(pixels.to(self.device, vae.dtype)).latent_dist.mean
+        return (out * self.config.vae_scale).to(self.dtype)
+
+    def _vae_decode(self, latents, slice_frames: int = 8):  # [n, 4, h, w] -> [n, H, W, 3] float 0..1 on the CPU
+        vae = self.model.vae
+        out = []
+        for s in range(0, latents.shape[0], slice_frames):
+            x = vae.decode((latents[s:s + slice_frames] / self.config.vae_scale).to(vae.dtype)).sample
+            out.append(rearrange(((x.float() + 1) / 2).clamp(0, 1), "n c h w -> n h w c").cpu())
+        return torch.cat(out)
+
+    # ------------------------------------------------------------------ conditions
+    def _identity_tokens(self, ref: EncodedReference, cond: bool):
+        proj = self.model.identity_projection
+        if proj is None:
+            return None
+        emb = ref.identity_embedding if (cond and ref.identity_embedding is not None) else torch.zeros(1, proj.embed_dim)
+        return proj(emb.to(self.device, self.dtype))
+
+    def _row_tokens(self, ref, rows: list[int]):
+        """Identity tokens for ReferenceNet rows; Hallo tiles [uncond, cond] over its rows (see hallo-tiny README)."""
+        if self.model.identity_projection is None:
+            return None
+        cond, uncond = self._identity_tokens(ref, True), self._identity_tokens(ref, False)
+        if not self.config.hallo_identity_tiling:
+            return cond.expand(len(rows), -1, -1)
+        return torch.cat([cond if r % 2 else uncond for r in rows])
+
+    def _reference_bank(self, ref: EncodedReference, n_motion: int) -> dict:
+        key = (str(self.device), self.dtype, n_motion)
+        if key not in ref._cache:
+            ref._cache.clear()
+            latent = ref.latent.to(self.device, self.dtype)
+            bank = self.model.reference_net(latent, self._row_tokens(ref, [n_motion + 1]))
+            ref._cache[key] = {k: v[:1] for k, v in bank.items()}
+        return ref._cache[key]
+
+    def _motion_bank(self, ref, motion_latents, n: int, variants: list[bool]) -> dict:
+        """ReferenceNet features of the n motion latents for each variant (True: passes with the reference,
+        False: uncond). Returns {path: {variant: [n, L, C]}}."""
+        rows_by_variant = {v: [(n + 1 + j + 1) if v else (j + 1) for j in range(n)] for v in variants}
+        if not self.config.hallo_identity_tiling:
+            variants = variants[:1]
+        lat = torch.cat([motion_latents] * len(variants))
+        tokens = None
+        if self.model.identity_projection is not None:
+            tokens = torch.cat([self._row_tokens(ref, rows_by_variant[v]) for v in variants])
+        bank = self.model.reference_net(lat, tokens)
+        out = {}
+        for path, feats in bank.items():
+            chunks = feats.split(n)
+            out[path] = {v: chunks[i if i < len(chunks) else 0] for i, v in enumerate(variants)}
+            if len(variants) == 1:
+                out[path] = {True: chunks[0], False: chunks[0]}
+        return out
+
+    # ------------------------------------------------------------------ sampling
+    @torch.no_grad()
+    def sample(self, audio: EncodedAudio, ref: EncodedReference, steps: int | None = None, seed: int = 0,
+               audio_cfg: float | None = None, ref_cfg: float | None = None, speed: float | None = None,
+               frames_per_clip: int | None = None, motion_frames: int | None = None,
+               region_weights=(1.0, 1.0, 1.0), callback: Callable[[SampleProgress], None] | None = None
+               ) -> Iterator[torch.Tensor]:
+        """Yields decoded clips [f, H, W, 3] float 0..1 on the CPU, in order, audio.num_frames frames in all.
+        None takes the checkpoint's default. `callback` runs after every denoising step; raising from it stops
+        sampling there (nothing further is computed)."""
+        cfg = self.config
+        steps = cfg.steps if steps is None else int(steps)
+        if steps < 1:
+            raise EMOInputError(f"steps must be at least 1 (got {steps}); the checkpoint's default is {cfg.steps}")
+        audio_cfg = cfg.audio_cfg if audio_cfg is None else float(audio_cfg)
+        ref_cfg = cfg.ref_cfg if ref_cfg is None else float(ref_cfg)
+        f = frames_per_clip or cfg.frames_per_clip
+        n = cfg.motion_frames if motion_frames is None else int(motion_frames)
+        if f < 1 or n < 0:
+            raise EMOInputError(f"frames per clip must be >= 1 and motion frames >= 0 (got {f}, {n})")
+        max_len = cfg.temporal["max_len"]
+        if cfg.temporal_mode == "motion_frames" and f + n > max_len:
+            raise EMOInputError(f"frames per clip + motion frames = {f + n} exceeds the temporal modules' {max_len} "
+                                "positions: lower one of them")
+        passes = guidance_passes(audio_cfg, ref_cfg)
+        speed_feats = None
+        if self.model.speed_encoder is not None:
+            value = cfg.speed_value if speed is None else float(speed)
+            speed_feats = self.model.speed_encoder(torch.full((1, f), value, device=self.device))
+        gen = torch.Generator("cpu").manual_seed(int(seed))
+        if cfg.temporal_mode == "context_windows":
+            yield from self._sample_windows(audio, ref, steps, passes, f, n, gen, callback)
+            return
+        num_clips = math.ceil(audio.num_frames / f)
+        total = num_clips * steps
+        ref_bank = self._reference_bank(ref, n)
+        motion_latents = None
+        latent_size = cfg.latent_size
+        for k in range(num_clips):
+            if n > 0:
+                if motion_latents is None:
+                    motion_latents = (ref.latent.to(self.device, self.dtype).expand(n, -1, -1, -1)
+                                      if cfg.first_clip_motion == "reference" else
+                                      torch.zeros(n, 4, latent_size, latent_size, device=self.device, dtype=self.dtype))
+                variants = [True] + ([False] if any(not p.ref for p, _ in passes) else [])
+                mbank = self._motion_bank(ref, motion_latents, n, variants)
+            tokens = audio.tokens[k * f:(k + 1) * f].to(self.device, self.dtype)
+            if tokens.shape[0] < f:
+                tokens = torch.cat([tokens, tokens[-1:].expand(f - tokens.shape[0], -1, -1)])
+            ctx, ehs = self._conditions(ref, tokens, passes, f, ref_bank,
+                                        None if n == 0 else {p: torch.stack([mb[pa.ref] for pa, _ in passes])
+                                                             for p, mb in mbank.items()},
+                                        region_weights, speed_feats)
+            noise = torch.randn((1, 4, f, latent_size, latent_size), generator=gen)
+            if cfg.init_noise_clamp:
+                noise = noise.clamp(-cfg.init_noise_clamp, cfg.init_noise_clamp)
+            latents = self._denoise(noise.to(self.device, self.dtype), steps, passes, ctx, ehs,
+                                    lambda i, lat: callback and callback(SampleProgress(k * steps + i, total, k, num_clips, lat)))
+            frames = self._vae_decode(rearrange(latents, "1 c f h w -> f c h w"))
+            if n > 0:
+                last = frames[-n:] if n <= f else frames
+                motion_latents = self._vae_encode(rearrange(last, "f h w c -> f c h w").to(self.device) * 2 - 1)
+                if motion_latents.shape[0] < n:
+                    motion_latents = torch.cat([motion_latents[:1].expand(n - motion_latents.shape[0], -1, -1, -1),
+                                                motion_latents])
+            yield frames[: max(0, min(f, audio.num_frames - k * f))]
+
+    def _conditions(self, ref, tokens, passes, f, ref_bank, motion, region_weights, speed_feats):
+        """The backbone context and cross-attention tokens for a clip. tokens: [f, T, D] audio tokens."""
+        cfg = self.config
+        B = len(passes)
+        audio_rows = torch.cat([tokens if p.audio else torch.zeros_like(tokens) for p, _ in passes])  # [(B f), T, D]
+        face = None
+        feats = self.model.face_locator(ref.locator_mask.to(self.device, self.dtype))  # [1, C, 1, h, w]
+        face = torch.cat([feats.expand(-1, -1, f, -1, -1) if p.face else torch.zeros_like(feats).expand(-1, -1, f, -1, -1)
+                          for p, _ in passes])
+        face = rearrange(face, "b c f h w -> (b f) c h w")
+        ehs = None
+        if cfg.cross_attention == "identity":
+            ehs = torch.cat([self._identity_tokens(ref, p.cond_identity).expand(f, -1, -1) for p, _ in passes])
+        elif cfg.cross_attention == "audio":
+            ehs = audio_rows
+        masks = None
+        if ref.masks is not None:
+            masks = [[m.to(self.device, self.dtype) for m in levels] for levels in ref.masks]
+        ctx = BackboneContext(
+            ref_rows=[p.ref for p, _ in passes], ref_bank=ref_bank, motion=motion,
+            audio=audio_rows if cfg.audio_attention else None, masks=masks, region_weights=tuple(region_weights),
+            face=face, speed=None if speed_feats is None else speed_feats.expand(B, -1, -1))
+        return ctx, ehs
+
+    def _denoise(self, latents, steps, passes, ctx, ehs, on_step):
+        sched = DDIMScheduler.from_config(self.config.scheduler)
+        sched.set_timesteps(steps, device=self.device)
+        latents = latents * sched.init_noise_sigma
+        weights = torch.tensor([w for _, w in passes], device=self.device, dtype=self.dtype).view(-1, 1, 1, 1, 1)
+        B = len(passes)
+        for i, t in enumerate(sched.timesteps):
+            x = sched.scale_model_input(latents, t).expand(B, -1, -1, -1, -1)
+            out = self.model.backbone(x, t, ehs, ctx)
+            pred = (out * weights).sum(0, keepdim=True)
+            latents = sched.step(pred, t, latents).prev_sample
+            on_step(i + 1, latents)
+        return latents
+
+    def _sample_windows(self, audio, ref, steps, passes, f, overlap, gen, callback):
+        """EchoMimic: the whole video's latents denoised together; at each step every window of f frames (stride
+        f - overlap, wrapping around, shifted by 2 x step) is run, predictions averaged per frame, then one DDIM step."""
+        cfg = self.config
+        L = audio.num_frames
+        s = cfg.latent_size
+        noise = torch.randn((1, 4, L, s, s), generator=gen)
+        if cfg.init_noise_clamp:
+            noise = noise.clamp(-cfg.init_noise_clamp, cfg.init_noise_clamp)
+        ref_bank = self._reference_bank(ref, 0)
+        sched = DDIMScheduler.from_config(cfg.scheduler)
+        sched.set_timesteps(steps, device=self.device)
+        latents = noise.to(self.device, self.dtype) * sched.init_noise_sigma
+        windows = context_windows(L, f, overlap)
+        weights = torch.tensor([w for _, w in passes], device=self.device, dtype=self.dtype).view(-1, 1, 1, 1, 1)
+        tokens_all = audio.tokens[:L]
+        for i, t in enumerate(sched.timesteps):
+            pred = torch.zeros_like(latents)
+            count = torch.zeros(L, device=self.device, dtype=self.dtype)
+            for w in windows:
+                idx = [(j + 2 * i) % L for j in w]
+                tokens = tokens_all[idx].to(self.device, self.dtype)
+                ctx, ehs = self._conditions(ref, tokens, passes, len(idx), ref_bank, None, (1.0, 1.0, 1.0), None)
+                x = sched.scale_model_input(latents[:, :, idx], t).expand(len(passes), -1, -1, -1, -1)
+                out = self.model.backbone(x, t, ehs, ctx)
+                pred[:, :, idx] += (out * weights).sum(0, keepdim=True)
+                count[idx] += 1
+            latents = sched.step(pred / count.view(1, 1, -1, 1, 1), t, latents).prev_sample
+            if callback:
+                callback(SampleProgress(i + 1, steps, 0, 1, latents))
+        frames = rearrange(latents, "1 c f h w -> f c h w")
+        for s0 in range(0, L, f):
+            yield self._vae_decode(frames[s0:s0 + f])
+
+
+def context_windows(length: int, size: int, overlap: int) -> list[list[int]]:
+    """EchoMimic's windows at step 0: starts 0, stride size - overlap, while start < length; each wraps modulo
+    length; one window of all frames when length <= size."""
+    if length <= size:
+        return [list(range(length))]
+    stride = max(1, size - overlap)
+    return [[(s + j) % length for j in range(size)] for s in range(0, length, stride)]

@@ -1,0 +1,197 @@
+"""The ComfyUI node pack, run without ComfyUI: tests/comfy_stubs stands in for ComfyUI (its API, folder_paths,
+progress bar, model management); the pack's own code runs for real."""
+import ast
+import importlib
+import json
+import os
+import subprocess
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "comfy_stubs"))
+import emo_comfy_harness as harness  # noqa: E402
+
+ROOT = harness.ROOT
+NODE_IDS = {"EMOLoadModels", "EMOAudioEncode", "EMOReferenceEncode", "EMOSampler", "EMOPasteBack", "EMOVideoCombine"}
+# Top-level modules of ComfyUI itself: no module of the pack may be importable under these names.
+COMFY_TOP_LEVEL = {"nodes", "utils", "comfy", "comfy_extras", "comfy_api", "comfy_execution", "comfy_config", "app",
+                   "api_server", "folder_paths", "execution", "server", "main", "latent_preview", "node_helpers",
+                   "protocol", "middleware", "new_updater", "cuda_malloc", "hook_breaker_ac10a0", "alembic_db"}
+
+
+@pytest.fixture
+def comfy(tmp_path):
+    harness.use_stubs(tmp_path / "comfyui")
+    module, classes = harness.load_pack()
+    import folder_paths
+    return type("Comfy", (), dict(base=tmp_path / "comfyui", classes=classes, module=module, fp=folder_paths,
+                                  pack=sys.modules[harness.PACK_MODULE]))
+
+
+def pack_module(name):
+    return importlib.import_module(f"{harness.PACK_MODULE}.{name}")
+
+
+def node(comfy, node_id, uid="1", prompt=None, extra_pnginfo=None):
+    """The per-execution class clone ComfyUI makes, with hidden inputs set."""
+    from comfy_api.latest import io
+    return comfy.classes[node_id].PREPARE_CLASS_CLONE(
+        {io.Hidden.unique_id: uid, io.Hidden.prompt: prompt, io.Hidden.extra_pnginfo: extra_pnginfo})
+
+
+def test_pack_registers_v3_nodes_with_stable_ids_tooltips_and_descriptions(comfy):
+    assert set(comfy.classes) == NODE_IDS
+    assert not hasattr(comfy.module, "NODE_CLASS_MAPPINGS")
+    custom_types = set()
+    for node_id, cls in comfy.classes.items():
+        schema = cls.GET_SCHEMA()
+        assert schema.node_id.startswith("EMO") and schema.display_name
+        assert len(schema.description) > 40, f"{node_id} has no real description"
+        for i in schema.inputs:
+            assert i.tooltip and len(i.tooltip) > 10, f"{node_id}.{i.id} has no tooltip"
+            custom_types.add(i.io_type)
+        for o in schema.outputs:
+            assert o.tooltip, f"{node_id} output {o.display_name} has no tooltip"
+            custom_types.add(o.io_type)
+    assert {"EMO_MODEL", "EMO_AUDIO", "EMO_REFERENCE", "EMO_CROP_INFO"} <= custom_types
+    seed = next(i for i in comfy.classes["EMOSampler"].GET_SCHEMA().inputs if i.id == "seed")
+    assert seed.control_after_generate is True
+    assert comfy.classes["EMOVideoCombine"].GET_SCHEMA().is_output_node
+    speed = next(i for i in comfy.classes["EMOSampler"].GET_SCHEMA().inputs if i.id == "head_motion_speed")
+    assert "speed layers" in speed.tooltip
+
+
+def test_pack_uses_only_relative_imports_of_its_own_code_and_shadows_no_comfy_module():
+    own = {p.name for p in ROOT.iterdir() if (p / "__init__.py").exists() or p.suffix == ".py"}
+    files = [ROOT / "__init__.py", *sorted((ROOT / "nodes").glob("*.py"))]
+    for f in files:
+        for n in ast.walk(ast.parse(f.read_text())):
+            names = [a.name for a in n.names] if isinstance(n, ast.Import) else \
+                [n.module] if isinstance(n, ast.ImportFrom) and n.level == 0 and n.module else []
+            for name in names:
+                top = name.split(".")[0]
+                assert top not in {"nodes", "emo_model", "tests"}, f"{f.name}: absolute import of the pack's {name}"
+    for f in (ROOT / "emo_model").glob("*.py"):  # the model code never imports ComfyUI
+        tree = ast.parse(f.read_text())
+        for n in ast.walk(tree):
+            if isinstance(n, (ast.Import, ast.ImportFrom)):
+                mods = [a.name for a in n.names] if isinstance(n, ast.Import) else [n.module or ""]
+                assert not any(m.split(".")[0] in {"comfy", "comfy_api", "folder_paths"} for m in mods), f.name
+    # `nodes/` is safe only as a subpackage: ComfyUI never puts the pack folder itself on sys.path.
+    assert own & COMFY_TOP_LEVEL <= {"nodes"}
+    assert (ROOT / "nodes" / "__init__.py").exists()
+    for f in (ROOT / "nodes").glob("*.py"):
+        assert f.stem not in COMFY_TOP_LEVEL
+
+
+def test_root_package_imports_cleanly_without_comfyui():
+    code = ("import importlib.util, sys; "
+            f"spec = importlib.util.spec_from_file_location('pack', {str(ROOT / '__init__.py')!r}, "
+            f"submodule_search_locations=[{str(ROOT)!r}]); m = importlib.util.module_from_spec(spec); "
+            "sys.modules['pack'] = m; spec.loader.exec_module(m); "
+            "print(hasattr(m, 'comfy_entrypoint'), hasattr(m, 'NODE_CLASS_MAPPINGS'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/", timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "False"]
+
+
+def test_model_folder_registration_keeps_extra_model_paths(tmp_path):
+    harness.use_stubs(tmp_path / "comfyui")
+    import folder_paths
+    extra = tmp_path / "shared_models" / "emo"      # what an `emo:` entry in extra_model_paths.yaml adds,
+    (extra / "from-yaml").mkdir(parents=True)        # applied by ComfyUI before custom nodes load
+    folder_paths.add_model_folder_path("emo", str(extra))
+    default = Path(folder_paths.models_dir) / "emo"
+    (default / "native-ckpt").mkdir(parents=True)
+    (default / "face_detectors").mkdir()
+    (default / "net.pth").write_bytes(b"")
+    _, classes = harness.load_pack()
+    assert folder_paths.get_folder_paths("emo") == [str(extra), str(default)]
+    ckpt = next(i for i in classes["EMOLoadModels"].GET_SCHEMA().inputs if i.id == "checkpoint")
+    assert ckpt.options == ["from-yaml", "native-ckpt", "net.pth"]
+
+
+def test_missing_checkpoint_names_the_file_and_the_folder(comfy):
+    err = comfy.classes["EMOLoadModels"].validate_inputs(checkpoint="hallo")
+    assert isinstance(err, str) and "'hallo'" in err and str(Path(comfy.fp.models_dir) / "emo") in err
+    assert "net.pth" in err and "config.json" in err and "extra_model_paths.yaml" in err
+    errors = pack_module("emo_model.errors")
+    with pytest.raises(errors.EMOCheckpointError, match="models/emo"):
+        node(comfy, "EMOLoadModels").execute(checkpoint="hallo", precision="auto", device="auto")
+
+
+def test_audio_encode_rejects_missing_audio_and_batches(comfy):
+    errors = pack_module("emo_model.errors")
+    enc = node(comfy, "EMOAudioEncode")
+    with pytest.raises(errors.EMOInputError, match="no sound"):
+        enc.execute(emo_model=None, audio=None, fps=25.0)
+    batch = {"waveform": torch.zeros(2, 1, 16000), "sample_rate": 16000}
+    with pytest.raises(errors.EMOInputError, match="batch of 2"):
+        enc.execute(emo_model=None, audio=batch, fps=25.0)
+    with pytest.raises(errors.EMOInputError, match="past the end"):
+        enc.execute(emo_model=None, audio={"waveform": torch.zeros(1, 1, 16000), "sample_rate": 16000},
+                    fps=25.0, start=1.5)
+
+
+def _frames(n=10, h=48, w=64):
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(n, h, w, 3, generator=g)
+
+
+def test_video_combine_saves_mp4_with_sound_and_workflow_and_returns_video(comfy):
+    from emo_model.video_writer import probe
+    prompt = {"1": {"class_type": "EMOVideoCombine", "inputs": {"fps": 29.97}}}
+    workflow = {"nodes": [{"id": 1, "type": "EMOVideoCombine"}], "links": []}
+    t = torch.arange(44100) / 44100
+    stereo = torch.stack([torch.sin(2 * torch.pi * 440 * t), torch.sin(2 * torch.pi * 220 * t)]) * 0.3
+    out = node(comfy, "EMOVideoCombine", prompt=prompt, extra_pnginfo={"workflow": workflow}).EXECUTE_NORMALIZED(
+        frames=_frames(), fps=29.97, filename_prefix="emo/test", crf=18,
+        audio={"waveform": stereo[None], "sample_rate": 44100})
+    ui = out.ui.as_dict()
+    assert ui["images"] == [{"filename": "test_00001_.mp4", "subfolder": "emo", "type": "output"}]
+    path = Path(comfy.fp.get_output_directory()) / "emo" / "test_00001_.mp4"
+    info = probe(path)
+    assert (info["frames"], info["width"], info["height"]) == (10, 64, 48)
+    assert info["fps"] == Fraction(30000, 1001) and info["video_codec"] == "h264" and info["audio_codec"] == "aac"
+    assert abs(info["audio_duration"] - 10 * 1001 / 30000) < 0.03
+    assert json.loads(info["metadata"]["prompt"]) == prompt
+    assert json.loads(info["metadata"]["workflow"]) == workflow
+    video = out.args[0].get_components()
+    assert video.frame_rate == Fraction(30000, 1001) and video.images.shape == (10, 48, 64, 3)
+    assert video.audio["waveform"].shape == (1, 2, round(10 * 1001 / 30000 * 44100))
+    again = node(comfy, "EMOVideoCombine").EXECUTE_NORMALIZED(frames=_frames(3), fps=25.0, filename_prefix="emo/test",
+                                                              crf=23)
+    assert again.ui.as_dict()["images"][0]["filename"] == "test_00002_.mp4"  # a silent one, next counter
+
+
+@pytest.mark.parametrize("prefix", ["../../x", "../x", "emo/../../x", "/tmp/emo_escape/x", ""])
+def test_filename_prefix_never_leaves_output(comfy, prefix):
+    errors = pack_module("emo_model.errors")
+    before = {p for p in comfy.base.parent.rglob("*")}
+    with pytest.raises(errors.EMOInputError, match="filename_prefix"):
+        node(comfy, "EMOVideoCombine").execute(frames=_frames(2), fps=25.0, filename_prefix=prefix, crf=18)
+    after = {p for p in comfy.base.parent.rglob("*")}
+    assert after == before and not Path("/tmp/emo_escape").exists()
+
+
+def test_paste_back_puts_upscaled_crops_back_at_full_size(comfy):
+    from emo_model.image_io import example_portrait
+    ref = pack_module("nodes.reference_encode")
+    fc = pack_module("emo_model.face_crop")
+    picture = example_portrait()[:301, :400]                             # odd height: paste-back rounds to even
+    info = fc.plan_crop(picture.shape[:2], whole_image=True, resolution=64)
+    frames = torch.rand(5, 128, 128, 3)                                  # e.g. after a 2x face upscaler
+    out = node(comfy, "EMOPasteBack").execute(frames=frames, crop_info=ref.CropPlacement(info, picture),
+                                              feather=0.1, color_match=False).args[0]
+    assert out.shape == (5, 302, 400, 3) and out.dtype == torch.float32
+    x0, y0, side = info.box
+    outside = torch.from_numpy(picture[:, :x0]).float() / 255
+    assert torch.equal(out[:, :301, :x0], outside.expand(5, -1, -1, -1))  # outside the crop: untouched
+    assert not torch.allclose(out[:, y0 + 10:y0 + side - 10, x0 + 10:x0 + side - 10],
+                              torch.from_numpy(picture[y0 + 10:y0 + side - 10, x0 + 10:x0 + side - 10]).float() / 255,
+                              atol=0.05)
