@@ -28,7 +28,7 @@ class BackboneContext:
     """Conditions of one backbone call; B = guidance passes batched together, f = frames of the clip."""
     frames: int = 1
     ref_rows: list = field(default_factory=list)   # [B] bool: pass sees the reference
-    ref_bank: dict | None = None                   # path -> [1, L, C] reference features
+    ref_bank: dict | None = None                   # path -> [1 or (B f), L, C] reference features
     motion: dict | None = None                     # path -> [B, n, L, C] motion-frame features
     audio: torch.Tensor | None = None              # [(B f), T, D] tokens for the audio-attention layers
     masks: list | None = None                      # Hallo regions: 3 lists (full, face, lip) of 4 levels [1, hw]

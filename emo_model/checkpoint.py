@@ -80,8 +80,12 @@ def _find(folder: Path, names, what: str, hint: str) -> Path:
 
 def load_model(path, device="cpu", dtype=torch.float32, vae_path=None, audio_encoder_path=None,
                accelerated: bool | None = None) -> EMOModel:
-    """Load any supported checkpoint. `path`: native folder, Hallo net.pth or its folder, EchoMimic folder, or
-    "tiny-random" (a tiny random model for trying things out: its output is noise). Returns the model in eval mode."""
+    """Load any supported checkpoint. `path`: native folder, Hallo net.pth or its folder, EchoMimic folder (or one
+    of its .pth files; an `_acc` file picks the accelerated set), or "tiny-random" (a tiny random model for trying
+    things out: its output is noise). vae_path: a VAE folder/file, None to find the checkpoint's own, or False to
+    load none (model.vae stays None: for latent-only use such as tests; attach a VAE before encoding or decoding).
+    accelerated (EchoMimic): True/False picks the `_acc`/standard set, None the standard one when present.
+    Returns the model in eval mode."""
     if str(path) == "tiny-random":
         path = make_tiny(Path(tempfile.mkdtemp(prefix="emo-tiny-")))
     kind = detect_format(path)
@@ -91,6 +95,8 @@ def load_model(path, device="cpu", dtype=torch.float32, vae_path=None, audio_enc
     elif kind == "hallo":
         model = _load_hallo(p, vae_path, audio_encoder_path)
     else:
+        if accelerated is None and p.is_file():
+            accelerated = p.name.endswith("_acc.pth")
         model = _load_echomimic(p if p.is_dir() else p.parent, vae_path, audio_encoder_path, accelerated)
     return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
@@ -142,13 +148,13 @@ def _load_native(folder: Path, vae_path=None, audio_encoder_path=None) -> EMOMod
         _strict(model.audio_projection, parts["audio_projection"], folder / "audio_projection.safetensors")
     if model.identity_projection is not None:
         _strict(model.identity_projection, parts["identity_projection"], folder / "identity_projection.safetensors")
-    vae = Path(vae_path) if vae_path else folder / files.get("vae", "vae")
+    vae = None if vae_path is False else Path(vae_path) if vae_path else folder / files.get("vae", "vae")
     enc = Path(audio_encoder_path) if audio_encoder_path else folder / files.get("audio_encoder", "audio_encoder")
     for what, p, hint in (("VAE", vae, "sd-vae-ft-mse in diffusers layout"), ("audio encoder", enc, "wav2vec2-base-960h folder or whisper_tiny.pt")):
-        if not p.exists():
+        if p is not None and not p.exists():
             raise EMOCheckpointError(f"{folder} is missing its {what} ({p.name}): put {hint} there, or set "
                                      f"files.{'vae' if what == 'VAE' else 'audio_encoder'} in config.json to its path")
-    model.vae = _load_vae(vae)
+    model.vae = None if vae is None else _load_vae(vae)
     model.audio_encoder = _load_audio_encoder(enc, config.audio_encoder["kind"])
     model.sources = {"vae": vae, "audio_encoder": enc}
     return model
@@ -174,20 +180,19 @@ def _load_hallo(p: Path, vae_path=None, audio_encoder_path=None) -> EMOModel:
     config, widths = hallo_config(sd, find_unet_config(net), (enc.num_layers, enc.hidden_size))
     model = EMOModel(config, widths)
     load_hallo_weights(model, sd)
-    vae_dir = Path(vae_path) if vae_path else _find(root, ["sd-vae-ft-mse"], "sd-vae-ft-mse",
-                                                    "put Hallo's sd-vae-ft-mse folder in pretrained_models/ "
-                                                    "(or choose a VAE in ComfyUI/models/vae/)")
-    model.vae = _load_vae(vae_dir)
+    vae_dir = None if vae_path is False else Path(vae_path) if vae_path else _find(
+        root, ["sd-vae-ft-mse"], "sd-vae-ft-mse",
+        "put Hallo's sd-vae-ft-mse folder in pretrained_models/ (or choose a VAE in ComfyUI/models/vae/)")
+    model.vae = None if vae_dir is None else _load_vae(vae_dir)
     model.audio_encoder = enc
     model.sources = {"vae": vae_dir, "audio_encoder": enc_dir}
     return model
 
 
 def _load_echomimic(folder: Path, vae_path=None, audio_encoder_path=None, accelerated=None) -> EMOModel:
-    from .echomimic_format import echomimic_config, echomimic_files, find_echomimic_unet_config
-    files = echomimic_files(folder, accelerated)
+    from .echomimic_format import echomimic_config, find_echomimic_unet_config, load_echomimic_tensors
+    files, sds = load_echomimic_tensors(folder, accelerated)
     acc = files["denoising_unet"].name.endswith("_acc.pth")
-    sds = {k: load_tensors(v) for k, v in files.items()}
     den = {**sds["denoising_unet"], **sds["motion_module"]}
     config = echomimic_config(den, sds["face_locator"], find_echomimic_unet_config(folder), acc)
     model = EMOModel(config)
@@ -198,9 +203,9 @@ def _load_echomimic(folder: Path, vae_path=None, audio_encoder_path=None, accele
         folder, ["audio_processor/whisper_tiny.pt", "whisper_tiny.pt"], "audio_processor/whisper_tiny.pt",
         "put EchoMimic's audio_processor/whisper_tiny.pt beside the model files")
     model.audio_encoder = _load_audio_encoder(enc, "whisper")
-    vae_dir = Path(vae_path) if vae_path else _find(folder, ["sd-vae-ft-mse"], "sd-vae-ft-mse",
-                                                    "put sd-vae-ft-mse (diffusers layout) beside the model files")
-    model.vae = _load_vae(vae_dir)
+    vae_dir = None if vae_path is False else Path(vae_path) if vae_path else _find(
+        folder, ["sd-vae-ft-mse"], "sd-vae-ft-mse", "put sd-vae-ft-mse (diffusers layout) beside the model files")
+    model.vae = None if vae_dir is None else _load_vae(vae_dir)
     model.sources = {"vae": vae_dir, "audio_encoder": enc}
     return model
 

@@ -1,10 +1,14 @@
 """EchoMimic v1 (antgroup/echomimic, Apache-2.0): a folder of `reference_unet.pth`, `denoising_unet.pth`,
-`motion_module.pth`, `face_locator.pth` (or their `_acc` variants: the distilled 6-step set) -> EMOModel.
+`motion_module.pth`, `face_locator.pth` -> EMOModel. The accelerated (distilled, 6 steps, no CFG) release adds
+`denoising_unet_acc.pth` and `motion_module_acc.pth` beside them and shares the ReferenceNet and face locator.
 
 Audio (whisper-tiny, 5 levels x 10 frames = 50 tokens per frame) goes into the denoising UNet's cross-attention slot
 with gain 3.0; there are no audio-attention layers, no motion frames (overlapping shifting context windows instead)
 and the ReferenceNet has no cross-attention. The UNet config comes from `sd-image-variations-diffusers/unet/
-config.json` beside the files when present, else SD1.5's; widths and the audio width are read from the tensors.
+config.json` beside the files when present, else SD1.5's; widths, the audio width (attn2.to_k: [C, width]) and the
+temporal position-table length are read from the tensors; the resolution is 8 x the config's `sample_size` (512).
+The accelerated set's v -> x0 -> "pseudo-velocity" conversion before each DDIM step is the identity
+(x0 = a x - b v, then (a x - x0) / b = v), so both sets sample with the same loop.
 """
 import json
 from pathlib import Path
@@ -12,28 +16,48 @@ from pathlib import Path
 from .config import DDIM_V_ZSNR, EMOConfig
 from .errors import EMOCheckpointError
 from .hallo_format import UNET_KEYS, unet_config_from_tensors
+from .safe_load import load_tensors
 
 PARTS = ("reference_unet", "denoising_unet", "motion_module", "face_locator")
+ACC_PARTS = ("denoising_unet", "motion_module")  # the accelerated release replaces only these two
 
 
 def echomimic_files(folder: Path, accelerated: bool | None = None) -> dict:
-    """{part: path}; prefers the `_acc` set when `accelerated` is True (or None and only it exists)."""
+    """{part: path} of one consistent set. accelerated: True -> the `_acc` denoising UNet and motion module,
+    False -> the standard ones, None -> the standard set when `denoising_unet.pth` is there, else the `_acc` set.
+    A missing file gives an EMOCheckpointError naming it."""
     folder = Path(folder)
-    out = {}
-    for part in PARTS:
-        acc, plain = folder / f"{part}_acc.pth", folder / f"{part}.pth"
-        use_acc = acc.is_file() and (accelerated or (accelerated is None and not plain.is_file()))
-        path = acc if use_acc else plain
-        if part == "reference_unet" and not path.is_file():
-            path = plain
-        if not path.is_file() and part in ("reference_unet", "face_locator") and acc.is_file():
-            path = acc
-        if not path.is_file():
-            raise EMOCheckpointError(f"EchoMimic folder {folder} is missing {part}.pth: download it from EchoMimic's "
-                                     "page into that folder (EchoMimic needs reference_unet.pth, denoising_unet.pth, "
-                                     "motion_module.pth and face_locator.pth)")
-        out[part] = path
-    return out
+    if accelerated is None:
+        accelerated = not (folder / "denoising_unet.pth").is_file() and (folder / "denoising_unet_acc.pth").is_file()
+    names = {p: f"{p}_acc.pth" if accelerated and p in ACC_PARTS else f"{p}.pth" for p in PARTS}
+    for part, name in names.items():
+        if not (folder / name).is_file():
+            raise EMOCheckpointError(
+                f"EchoMimic folder {folder} is missing {name}: download it from EchoMimic's model page into that "
+                f"folder (the {'accelerated' if accelerated else 'standard'} EchoMimic model needs "
+                f"{', '.join(names.values())})")
+    return {part: folder / name for part, name in names.items()}
+
+
+def load_echomimic_tensors(folder: Path, accelerated: bool | None = None) -> tuple[dict, dict]:
+    """({part: path}, {part: state dict}); each file is checked to hold the part its name says, so swapped or
+    foreign files get an error naming them rather than a shape mismatch later."""
+    files = echomimic_files(folder, accelerated)
+    sds = {part: load_tensors(path) for part, path in files.items()}
+    for part, sd in sds.items():
+        n_motion = sum(".motion_modules." in k for k in sd)
+        if part == "motion_module":
+            ok = 0 < n_motion == len(sd)
+        elif part == "face_locator":
+            ok = all(k in sd for k in ("conv_in.weight", "blocks.0.weight", "conv_out.weight"))
+        else:  # EchoMimic's ReferenceNet has no cross-attention, the denoising UNet's takes the audio
+            audio = any(k.endswith("attn2.to_k.weight") for k in sd)
+            ok = "down_blocks.0.resnets.0.conv1.weight" in sd and (audio if part == "denoising_unet" else not audio)
+        if not ok:
+            raise EMOCheckpointError(
+                f"{files[part]} does not hold EchoMimic's {part} weights ({len(sd)} tensors, e.g. {sorted(sd)[:2]}): "
+                f"the files may be swapped or from another model; download {files[part].name} again")
+    return files, sds
 
 
 def is_echomimic_folder(folder: Path) -> bool:
@@ -45,17 +69,25 @@ def find_echomimic_unet_config(folder: Path) -> dict:
     for root in (folder, folder.parent):
         cfg = root / "sd-image-variations-diffusers" / "unet" / "config.json"
         if cfg.is_file():
-            return {k: v for k, v in json.loads(cfg.read_text()).items() if k in UNET_KEYS}
+            try:
+                return {k: v for k, v in json.loads(cfg.read_text()).items() if k in UNET_KEYS}
+            except json.JSONDecodeError as e:
+                raise EMOCheckpointError(f"{cfg} is not valid JSON ({e}): download sd-image-variations-diffusers/"
+                                         "unet/config.json again") from None
     return {}
 
 
 def echomimic_config(den: dict, fl: dict, unet_base: dict, accelerated: bool) -> EMOConfig:
+    """den: denoising UNet + motion-module tensors; fl: face-locator tensors; unet_base: the UNet config.json."""
     unet = unet_config_from_tensors(den, unet_base)  # cross_attention_dim = whisper width, from attn2.to_k
     n_fl = len({k.split(".")[1] for k in fl if k.startswith("blocks.")})
     fl_widths = [fl["conv_in.weight"].shape[0]] + [fl[f"blocks.{i}.weight"].shape[0] for i in range(1, n_fl, 2)]
+    pe = next((v for k, v in den.items() if k.endswith("pos_encoder.pe")), None)
     return EMOConfig(
-        kind="echomimic", resolution=512, unet=unet, cross_attention="audio", audio_gain=3.0, audio_attention=None,
-        temporal=dict(heads=8, max_len=32, plain_blocks=True), temporal_mode="context_windows",
+        kind="echomimic", resolution=8 * unet["sample_size"], unet=unet, cross_attention="audio", audio_gain=3.0,
+        audio_attention=None,
+        temporal=dict(heads=8, max_len=32 if pe is None else pe.shape[1], plain_blocks=True),
+        temporal_mode="context_windows",
         frames_per_clip=12, motion_frames=3, first_clip_motion="reference", hallo_identity_tiling=False, identity=None,
         face_locator=dict(in_channels=fl["conv_in.weight"].shape[1], block_out_channels=fl_widths),
         audio_encoder=dict(kind="whisper", fps=None, window=None), audio_projection=None, speed=None,

@@ -196,13 +196,25 @@ class EMOPipeline:
         return torch.cat([cond if r % 2 else uncond for r in rows])
 
     def _reference_bank(self, ref: EncodedReference, n_motion: int) -> dict:
+        """ReferenceNet features of the reference, computed once per video: {path: [1, L, C]}. With Hallo's row
+        tiling, two rows: the reference seen with the uncond tokens (row 0) and with row n+1's tokens."""
         key = (str(self.device), self.dtype, n_motion)
         if key not in ref._cache:
             ref._cache.clear()
             latent = ref.latent.to(self.device, self.dtype)
-            bank = self.model.reference_net(latent, self._row_tokens(ref, [n_motion + 1]))
-            ref._cache[key] = {k: v[:1] for k, v in bank.items()}
+            rows = [0, n_motion + 1] if self.config.hallo_identity_tiling else [n_motion + 1]
+            bank = self.model.reference_net(latent.expand(len(rows), -1, -1, -1), self._row_tokens(ref, rows))
+            ref._cache[key] = bank
         return ref._cache[key]
+
+    def _frame_bank(self, bank: dict, f: int, B: int) -> dict:
+        """The reference features each backbone row attends to. Hallo's read hook tiles its two CFG rows over the
+        (B f) rows, so backbone row r sees bank row r % 2 (verified against the original code): the conditional
+        half's even frames see the reference with the unconditional identity tokens. Others: [1, L, C]."""
+        if not self.config.hallo_identity_tiling:
+            return bank
+        rows = torch.tensor([(f + j) % 2 for j in range(f)], device=self.device)
+        return {k: v[rows].repeat(B, 1, 1) for k, v in bank.items()}
 
     def _motion_bank(self, ref, motion_latents, n: int, variants: list[bool]) -> dict:
         """ReferenceNet features of the n motion latents for each variant (True: passes with the reference,
@@ -262,20 +274,15 @@ class EMOPipeline:
         motion_latents = None
         latent_size = cfg.latent_size
         for k in range(num_clips):
-            if n > 0:
-                if motion_latents is None:
-                    motion_latents = (ref.latent.to(self.device, self.dtype).expand(n, -1, -1, -1)
-                                      if cfg.first_clip_motion == "reference" else
-                                      torch.zeros(n, 4, latent_size, latent_size, device=self.device, dtype=self.dtype))
-                variants = [True] + ([False] if any(not p.ref for p, _ in passes) else [])
-                mbank = self._motion_bank(ref, motion_latents, n, variants)
+            if n > 0 and motion_latents is None:
+                motion_latents = (ref.latent.to(self.device, self.dtype).expand(n, -1, -1, -1)
+                                  if cfg.first_clip_motion == "reference" else
+                                  torch.zeros(n, 4, latent_size, latent_size, device=self.device, dtype=self.dtype))
             tokens = audio.tokens[k * f:(k + 1) * f].to(self.device, self.dtype)
             if tokens.shape[0] < f:
                 tokens = torch.cat([tokens, tokens[-1:].expand(f - tokens.shape[0], -1, -1)])
-            ctx, ehs = self._conditions(ref, tokens, passes, f, ref_bank,
-                                        None if n == 0 else {p: torch.stack([mb[pa.ref] for pa, _ in passes])
-                                                             for p, mb in mbank.items()},
-                                        region_weights, speed_feats)
+            ctx, ehs = self.clip_conditions(ref, tokens, passes, ref_bank, motion_latents if n > 0 else None,
+                                            region_weights, speed_feats)
             noise = torch.randn((1, 4, f, latent_size, latent_size), generator=gen)
             if cfg.init_noise_clamp:
                 noise = noise.clamp(-cfg.init_noise_clamp, cfg.init_noise_clamp)
@@ -289,6 +296,19 @@ class EMOPipeline:
                     motion_latents = torch.cat([motion_latents[:1].expand(n - motion_latents.shape[0], -1, -1, -1),
                                                 motion_latents])
             yield frames[: max(0, min(f, audio.num_frames - k * f))]
+
+    def clip_conditions(self, ref, tokens, passes, ref_bank, motion_latents=None, region_weights=(1.0, 1.0, 1.0),
+                        speed_feats=None):
+        """Backbone context and cross-attention tokens for one clip. tokens: [f, T, D] audio tokens of the clip;
+        ref_bank: from `_reference_bank`; motion_latents: [n, 4, h, w] or None (no motion frames)."""
+        f = tokens.shape[0]
+        motion = None
+        if motion_latents is not None:
+            variants = [True] + ([False] if any(not p.ref for p, _ in passes) else [])
+            mbank = self._motion_bank(ref, motion_latents, motion_latents.shape[0], variants)
+            motion = {path: torch.stack([mb[p.ref] for p, _ in passes]) for path, mb in mbank.items()}
+        return self._conditions(ref, tokens, passes, f, self._frame_bank(ref_bank, f, len(passes)), motion,
+                                region_weights, speed_feats)
 
     def _conditions(self, ref, tokens, passes, f, ref_bank, motion, region_weights, speed_feats):
         """The backbone context and cross-attention tokens for a clip. tokens: [f, T, D] audio tokens."""
@@ -329,11 +349,16 @@ class EMOPipeline:
         return latents
 
     def _sample_windows(self, audio, ref, steps, passes, f, overlap, gen, callback):
-        """EchoMimic: the whole video's latents denoised together; at each step every window of f frames (stride
-        f - overlap, wrapping around, shifted by 2 x step) is run, predictions averaged per frame, then one DDIM step."""
+        """EchoMimic: the latents of the whole video, [1, 4, L, h, w] with L = audio.num_frames, are denoised
+        together. At step i every window of `context_windows(L, f, overlap, i)` runs as its own backbone batch (all
+        guidance passes), the guided predictions are averaged per frame, then one DDIM step updates the full latent.
+        Yields the decoded video in chunks of f frames [f, H, W, 3]."""
         cfg = self.config
-        L = audio.num_frames
-        s = cfg.latent_size
+        L, s = audio.num_frames, cfg.latent_size
+        schedule = [context_windows(L, f, overlap, i) for i in range(steps)]  # checks the settings before any work
+        if min(f, L) > cfg.temporal["max_len"]:
+            raise EMOInputError(f"windows of {min(f, L)} frames exceed the temporal modules' {cfg.temporal['max_len']} "
+                                "positions: lower frames per clip")
         noise = torch.randn((1, 4, L, s, s), generator=gen)
         if cfg.init_noise_clamp:
             noise = noise.clamp(-cfg.init_noise_clamp, cfg.init_noise_clamp)
@@ -341,20 +366,18 @@ class EMOPipeline:
         sched = DDIMScheduler.from_config(cfg.scheduler)
         sched.set_timesteps(steps, device=self.device)
         latents = noise.to(self.device, self.dtype) * sched.init_noise_sigma
-        windows = context_windows(L, f, overlap)
         weights = torch.tensor([w for _, w in passes], device=self.device, dtype=self.dtype).view(-1, 1, 1, 1, 1)
-        tokens_all = audio.tokens[:L]
         for i, t in enumerate(sched.timesteps):
             pred = torch.zeros_like(latents)
             count = torch.zeros(L, device=self.device, dtype=self.dtype)
-            for w in windows:
-                idx = [(j + 2 * i) % L for j in w]
-                tokens = tokens_all[idx].to(self.device, self.dtype)
-                ctx, ehs = self._conditions(ref, tokens, passes, len(idx), ref_bank, None, (1.0, 1.0, 1.0), None)
+            for window in schedule[i]:
+                idx = torch.tensor(window, device=self.device)
+                tokens = audio.tokens[window].to(self.device, self.dtype)
+                ctx, ehs = self._conditions(ref, tokens, passes, len(window), ref_bank, None, (1.0, 1.0, 1.0), None)
                 x = sched.scale_model_input(latents[:, :, idx], t).expand(len(passes), -1, -1, -1, -1)
                 out = self.model.backbone(x, t, ehs, ctx)
-                pred[:, :, idx] += (out * weights).sum(0, keepdim=True)
-                count[idx] += 1
+                pred.index_add_(2, idx, (out * weights).sum(0, keepdim=True))
+                count.index_add_(0, idx, torch.ones_like(idx, dtype=count.dtype))
             latents = sched.step(pred / count.view(1, 1, -1, 1, 1), t, latents).prev_sample
             if callback:
                 callback(SampleProgress(i + 1, steps, 0, 1, latents))
@@ -363,10 +386,19 @@ class EMOPipeline:
             yield self._vae_decode(frames[s0:s0 + f])
 
 
-def context_windows(length: int, size: int, overlap: int) -> list[list[int]]:
-    """EchoMimic's windows at step 0: starts 0, stride size - overlap, while start < length; each wraps modulo
-    length; one window of all frames when length <= size."""
+def context_windows(length: int, size: int, overlap: int, step: int = 0) -> list[list[int]]:
+    """EchoMimic's context windows at denoising step `step` (AnimateDiff's "uniform" schedule, closed loop, stride
+    1): the latent-frame indices of each window, [n_windows][min(size, length)]. At step 0 the windows start at 0,
+    size - overlap, 2 (size - overlap), ... while start < length, each wrapping modulo length (one window of all
+    frames when length <= size); at step i every index is shifted by 2 i modulo length (a single window rotates too)."""
+    if length < 1 or size < 1:
+        raise EMOInputError(f"context windows need at least one frame and a window of at least one frame "
+                            f"(got {length} frames, window {size})")
+    if not 0 <= overlap < size:
+        raise EMOInputError(f"the context overlap ({overlap} frames: the 'motion frames' setting) must be at least 0 "
+                            f"and smaller than the window ({size} frames: 'frames per clip')")
     if length <= size:
-        return [list(range(length))]
-    stride = max(1, size - overlap)
-    return [[(s + j) % length for j in range(size)] for s in range(0, length, stride)]
+        windows = [list(range(length))]
+    else:
+        windows = [[(s + j) % length for j in range(size)] for s in range(0, length, size - overlap)]
+    return [[(j + 2 * step) % length for j in w] for w in windows]

@@ -2,8 +2,10 @@
 
 ReferenceNet's `attn1` layers record their input (the `norm1` output, [n, L, C]) under their module path; the
 backbone's `attn1` with the same path takes keys/values from [own tokens, reference tokens] (concatenated along
-tokens; the reference is repeated for every frame). Rows of guidance passes without the reference get plain
-self-attention. Audio in the cross-attention slot (EchoMimic) goes through `GainAttnProcessor`.
+tokens). The bank holds [1, L, C] (one reference, repeated for every frame) or [(B f), L, C] (one reference row
+per backbone row; Hallo tiles its ReferenceNet rows, so row r of the `(B f)` batch sees the ref row of guidance pass
+r % B: the caller builds that layout). Rows of guidance passes without the reference get plain self-attention.
+Audio in the cross-attention slot (EchoMimic) goes through `GainAttnProcessor`.
 """
 import torch
 import torch.nn.functional as F
@@ -31,8 +33,9 @@ class ReferenceWriter:
 
 
 class ReferenceReader:
-    """Attention processor for the backbone's attn1. Reads `ctx.ref_bank[path]` ([1, L, C]), `ctx.ref_rows`
-    ([B] bool, which guidance passes see the reference) and `ctx.frames` from the backbone's shared context."""
+    """Attention processor for the backbone's attn1. Reads `ctx.ref_bank[path]` ([1, L, C] or [(B f), L, C]),
+    `ctx.ref_rows` ([B] bool, which guidance passes see the reference) and `ctx.frames` from the backbone's shared
+    context."""
 
     def __init__(self, ctx, path: str):
         self.ctx, self.path = ctx, path
@@ -46,7 +49,11 @@ class ReferenceReader:
         out = torch.empty_like(x)
         rows = torch.tensor(ctx.ref_rows, device=x.device)
         with_ref = x[rows].flatten(0, 1)  # [(b' f), L, C]
-        context = torch.cat([with_ref, bank.to(x.dtype).expand(with_ref.shape[0], -1, -1)], dim=1)
+        if bank.shape[0] == 1:
+            bank = bank.expand(with_ref.shape[0], -1, -1)
+        else:  # one reference row per backbone row
+            bank = rearrange(bank, "(b f) l c -> b f l c", f=ctx.frames)[rows].flatten(0, 1)
+        context = torch.cat([with_ref, bank.to(x.dtype)], dim=1)
         out[rows] = _attend(attn, with_ref, context).unflatten(0, (-1, ctx.frames))
         if not all(ctx.ref_rows):
             plain = x[~rows].flatten(0, 1)

@@ -195,3 +195,97 @@ def test_paste_back_puts_upscaled_crops_back_at_full_size(comfy):
     assert not torch.allclose(out[:, y0 + 10:y0 + side - 10, x0 + 10:x0 + side - 10],
                               torch.from_numpy(picture[y0 + 10:y0 + side - 10, x0 + 10:x0 + side - 10]).float() / 255,
                               atol=0.05)
+
+
+@pytest.fixture
+def loaded(comfy):
+    """Load EMO Models on a tiny checkpoint, then encode 0.2 s of audio and the example portrait."""
+    import folder_paths
+    from emo_model.image_io import example_portrait
+    comfy.pack.emo_model.make_tiny(Path(folder_paths.models_dir) / "emo" / "tiny")
+    bundle = node(comfy, "EMOLoadModels").execute(checkpoint="tiny", precision="fp32", device="auto").args[0]
+    t = torch.arange(int(0.2 * 22050)) / 22050
+    audio = {"waveform": (0.3 * torch.sin(2 * torch.pi * 300 * t)).expand(2, -1)[None], "sample_rate": 22050}
+    encoded, frames, trimmed = node(comfy, "EMOAudioEncode").execute(emo_model=bundle, audio=audio, fps=25.0).args
+    picture = torch.from_numpy(example_portrait()).float()[None] / 255
+    batch = torch.cat([torch.zeros_like(picture), picture])          # e.g. two frames of a video: pick the second
+    ref, crop_info, face = node(comfy, "EMOReferenceEncode").execute(
+        emo_model=bundle, image=batch, frame_index=-1, detector="whole image (no crop)", face_index=0,
+        margin=0.5).args
+    return type("Loaded", (), dict(bundle=bundle, encoded=encoded, frames=frames, trimmed=trimmed, ref=ref,
+                                   crop_info=crop_info, face=face))
+
+
+def test_encoders_give_frames_trimmed_audio_and_the_chosen_batch_frame(comfy, loaded):
+    assert loaded.frames == 5 and loaded.encoded.num_frames == 5               # ceil(0.2 s x 25 fps)
+    assert loaded.trimmed["waveform"].shape == (1, 2, 4410) and loaded.trimmed["sample_rate"] == 22050
+    res = loaded.bundle.model.config.resolution
+    assert loaded.face.shape == (1, res, res, 3)
+    assert loaded.face.mean() > 0.2                                           # the portrait, not the black frame
+    start = node(comfy, "EMOAudioEncode").execute(
+        emo_model=loaded.bundle, audio={"waveform": torch.zeros(1, 1, 16000), "sample_rate": 16000}, fps=29.97,
+        start=0.25, duration=0.5).args
+    assert start[1] == 15 and start[2]["waveform"].shape == (1, 1, 8000)       # ceil(0.5 x 30000/1001)
+
+
+def test_reference_encode_mask_replaces_detection_and_no_face_is_a_clear_error(comfy, loaded):
+    errors = pack_module("emo_model.errors")
+    blank = torch.full((1, 200, 300, 3), 0.5)
+    with pytest.raises(errors.EMOInputError, match="no face found"):
+        node(comfy, "EMOReferenceEncode").execute(emo_model=loaded.bundle, image=blank, frame_index=0,
+                                                  detector="auto", face_index=0, margin=0.5)
+    mask = torch.zeros(1, 200, 300)
+    mask[0, 50:110, 120:170] = 1
+    _, info, _ = node(comfy, "EMOReferenceEncode").execute(emo_model=loaded.bundle, image=blank, frame_index=0,
+                                                           detector="auto", face_index=0, margin=0.5, face_mask=mask).args
+    assert info.crop.mode == "mask" and info.image.shape == (200, 300, 3)
+    with pytest.raises(errors.EMOInputError, match="frame_index 3"):
+        node(comfy, "EMOReferenceEncode").execute(emo_model=loaded.bundle, image=blank, frame_index=3,
+                                                  detector="auto", face_index=0, margin=0.5)
+
+
+def test_sampler_reports_every_step_with_previews_through_model_management(comfy, loaded):
+    import comfy.model_management as mm
+    import comfy.utils
+    calls = []
+    comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None:
+                                             calls.append((value, total, preview, node_id)))
+    mm.load_calls.clear()
+    try:
+        frames, fps = node(comfy, "EMOSampler", uid="7").execute(
+            emo_model=loaded.bundle, encoded_audio=loaded.encoded, reference=loaded.ref, seed=3, steps=2,
+            audio_cfg=3.5, reference_cfg=2.0, head_motion_speed=1.0, frames_per_clip=0, motion_frames=-1).args
+    finally:
+        comfy.utils.set_progress_bar_global_hook(None)
+    res = loaded.bundle.model.config.resolution
+    assert frames.shape == (5, res, res, 3) and frames.dtype == torch.float32 and fps == 25.0
+    assert frames.device == mm.intermediate_device() and 0 <= frames.min() and frames.max() <= 1
+    clips = -(-5 // loaded.bundle.model.config.frames_per_clip)
+    assert [c[:2] for c in calls] == [(i + 1, 2 * clips) for i in range(2 * clips)]
+    assert all(c[3] == "7" for c in calls)
+    kind, image, size = calls[-1][2]
+    assert kind == "JPEG" and image.size == (res, res) and size == 512
+    assert any(loaded.bundle.patcher in models and full for models, _, full in mm.load_calls)
+
+
+def test_cancel_from_the_progress_hook_stops_the_sampler_within_one_step(comfy, loaded):
+    import comfy.model_management as mm
+    import comfy.utils
+    seen = []
+
+    def hook(value, total, preview, node_id=None):  # what ComfyUI's server hook does once Cancel was pressed
+        seen.append(value)
+        if value == 3:
+            mm.interrupt_current_processing(True)
+        mm.throw_exception_if_processing_interrupted()
+
+    comfy.utils.set_progress_bar_global_hook(hook)
+    try:
+        with pytest.raises(mm.InterruptProcessingException):
+            node(comfy, "EMOSampler").execute(
+                emo_model=loaded.bundle, encoded_audio=loaded.encoded, reference=loaded.ref, seed=0, steps=2,
+                audio_cfg=3.5, reference_cfg=3.5, head_motion_speed=1.0, frames_per_clip=0, motion_frames=-1)
+    finally:
+        comfy.utils.set_progress_bar_global_hook(None)
+        mm.interrupt_current_processing(False)
+    assert seen == [1, 2, 3]  # step 3 was the last one computed: the next step never ran

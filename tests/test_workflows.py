@@ -50,7 +50,7 @@ def tiny_models(comfy):
 
 def make_inputs(folder: Path):
     """The files the workflows name: a portrait, a 16 kHz mono voice, a 44.1 kHz stereo 'song', and a short video
-    with sound (the reference is taken from one of its frames). Short, so the tiny model renders few frames."""
+    with sound (the reference is taken from one of its frames). Short, so the tiny model renders few frames (but more than one clip)."""
     from PIL import Image
     from emo_model.audio_io import load_audio, mix_and_resample
     from emo_model.image_io import example_portrait
@@ -59,9 +59,9 @@ def make_inputs(folder: Path):
     portrait = example_portrait()
     Image.fromarray(portrait[:480, 16:496]).save(folder / "emo_portrait.png")
     wav, sr = load_audio(harness.ROOT / "examples" / "speech.wav")
-    voice = wav[:, : int(0.5 * sr)]
+    voice = wav[:, int(0.3 * sr): int(0.5 * sr)]       # 0.2 s: 5 frames, 2 clips of the tiny model
     write_wav(folder / "emo_speech.wav", voice.numpy(), sr)
-    song = mix_and_resample(wav[:, int(1.0 * sr): int(1.7 * sr)], sr, 44100).numpy()
+    song = mix_and_resample(wav[:, int(1.0 * sr): int(1.3 * sr)], sr, 44100).numpy()  # 0.3 s, 8 frames
     write_wav(folder / "emo_song.wav", np.stack([song, 0.5 * song]), 44100)
     frames = np.stack([np.roll(portrait, 4 * i, axis=1) for i in range(4)])
     with VideoWriter(folder / "emo_reference.mp4", 24, audio=voice, sample_rate=sr) as w:

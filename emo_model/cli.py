@@ -1,0 +1,117 @@
+"""Command line: `python -m emo_model render | make-tiny | convert`."""
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from .errors import EMOError
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def _device(name: str) -> str:
+    if name != "auto":
+        return name
+    return "cuda" if torch.cuda.is_available() else ("mps" if torch.backends.mps.is_available() else "cpu")
+
+
+def _dtype(name: str, device: str):
+    if name == "auto":
+        return torch.float16 if device.startswith("cuda") else torch.float32
+    return DTYPES[name]
+
+
+def cmd_render(a) -> int:
+    from tqdm import tqdm
+
+    from .checkpoint import load_model
+    from .render import render
+    device = _device(a.device)
+    if a.model == "tiny-random":
+        print("note: --model tiny-random is a tiny model with random weights: the video is noise. It shows that "
+              "everything runs; use a real model (README, 'Where model files go') for a real result.", file=sys.stderr)
+    model = load_model(a.model, device=device, dtype=_dtype(a.dtype, device))
+    bar = tqdm(total=None, unit="step", desc="EMO", dynamic_ncols=True)
+
+    def progress(p):
+        if bar.total != p.total_steps:
+            bar.total = p.total_steps
+        bar.set_postfix_str(f"clip {p.clip + 1}/{p.num_clips}")
+        bar.update(p.step - bar.n)
+
+    try:
+        s = render(model, a.image, a.audio, a.out, steps=a.steps, seed=a.seed, fps=a.fps, audio_cfg=a.audio_cfg,
+                   ref_cfg=a.ref_cfg, speed=a.speed, frames_per_clip=a.frames_per_clip,
+                   motion_frames=a.motion_frames, framing=a.framing, detector=a.detector,
+                   detector_file=a.detector_file, face_index=a.face_index, margin=a.margin,
+                   whole_image=a.whole_image, progress=progress)
+    finally:
+        bar.close()
+    w, h = s["size"]
+    print(f"wrote {s['out']}: {s['frames']} frames at {float(s['fps']):.3f} fps ({s['duration']:.2f} s of audio), "
+          f"{w}x{h}, in {s['seconds']:.1f} s")
+    return 0
+
+
+def cmd_make_tiny(a) -> int:
+    from .checkpoint import make_tiny
+    path = make_tiny(Path(a.dir), seed=a.seed)
+    print(f"wrote a tiny random EMO model to {path} (its output is noise; it is for tests and trying the nodes)")
+    return 0
+
+
+def cmd_convert(a) -> int:
+    from .checkpoint import detect_format, load_model, save_native
+    kind = detect_format(a.src)
+    model = load_model(a.src, accelerated=a.accelerated or None)
+    dst = Path(a.dst)
+    if dst.exists() and any(dst.iterdir()):
+        raise EMOError(f"{dst} exists and is not empty: choose a new folder (nothing is overwritten)")
+    save_native(model, dst, copy_files=not a.link)
+    print(f"converted {kind} model {a.src} -> native format in {dst}")
+    return 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m emo_model", description="EMO talking-head video from a portrait and a track.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("render", help="render a video")
+    r.add_argument("--image", required=True, help="portrait (any framing), or 'example' for scikit-image's astronaut")
+    r.add_argument("--audio", required=True, help="speech or singing track (wav, mp3, flac, m4a, or a video with sound)")
+    r.add_argument("--model", required=True, help="model folder or file (native, Hallo, EchoMimic) or 'tiny-random'")
+    r.add_argument("--out", required=True, help="the .mp4 to write")
+    r.add_argument("--steps", type=int, help="denoising steps (default: the checkpoint's)")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--fps", type=float, help="frame rate, e.g. 25 or 29.97 (default: the checkpoint's)")
+    r.add_argument("--audio-cfg", type=float, help="audio guidance scale (1.0 = off)")
+    r.add_argument("--ref-cfg", type=float, help="reference guidance scale (1.0 = off)")
+    r.add_argument("--speed", type=float, help="head-motion speed (checkpoints with speed layers; talking 0.1-1.0, singing 1.0-1.3)")
+    r.add_argument("--frames-per-clip", type=int)
+    r.add_argument("--motion-frames", type=int)
+    r.add_argument("--framing", choices=["full", "crop"], default="full",
+                   help="full: the video at the picture's own framing (face pasted back); crop: the square face crop")
+    r.add_argument("--detector", default="auto", help="face detector: auto, lbp (built-in), yunet, scrfd")
+    r.add_argument("--detector-file", help="ONNX file of the YuNet or SCRFD face detector")
+    r.add_argument("--face-index", type=int, default=0, help="which face when there are several (0 = largest)")
+    r.add_argument("--margin", type=float, default=0.5, help="space around the face in the crop, as a fraction of the face size")
+    r.add_argument("--whole-image", action="store_true", help="no face detection: animate a centred square of the picture")
+    r.add_argument("--device", default="auto")
+    r.add_argument("--dtype", choices=["auto", *DTYPES], default="auto")
+    r.set_defaults(func=cmd_render)
+    t = sub.add_parser("make-tiny", help="write a tiny random model in the native format")
+    t.add_argument("dir")
+    t.add_argument("--seed", type=int, default=0)
+    t.set_defaults(func=cmd_make_tiny)
+    c = sub.add_parser("convert", help="convert a Hallo or EchoMimic checkpoint to the native format")
+    c.add_argument("src")
+    c.add_argument("dst")
+    c.add_argument("--link", action="store_true", help="reference the VAE and audio encoder instead of copying them")
+    c.add_argument("--accelerated", action="store_true", help="EchoMimic: take the _acc (6-step) files")
+    c.set_defaults(func=cmd_convert)
+    a = p.parse_args(argv)
+    try:
+        return a.func(a)
+    except EMOError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,54 @@
+"""render(): image + audio -> mp4, the whole job in one call (used by the CLI).
+
+The picture is cropped around the face (square, at the model's resolution), animated, and by default pasted back
+into the picture at its own size; frames go to the mp4 writer as each clip finishes, so memory stays flat however
+long the track is.
+"""
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .audio_io import load_audio
+from .face_crop import crop, face_region_mask, find_crop, fit_color_match, paste_back
+from .image_io import example_portrait, load_image
+from .pipeline import EMOPipeline, SampleProgress
+from .video_writer import VideoWriter
+
+
+def render(model, image, audio, out, *, steps=None, seed=0, fps=None, audio_cfg=None, ref_cfg=None, speed=None,
+           frames_per_clip=None, motion_frames=None, framing="full", detector="auto", detector_file=None,
+           face_index=0, margin=0.5, whole_image=False, face_mask=None, progress=None) -> dict:
+    """model: a loaded EMOModel; image: path, "example" (scikit-image's astronaut) or uint8 [H, W, 3];
+    audio: path or (waveform [channels, samples], sample_rate); out: the .mp4 to write. framing: "full" pastes the
+    animated face back into the picture, "crop" writes the square crop. progress(SampleProgress) is called per step.
+    Returns a summary dict (frames, fps, seconds, size)."""
+    pipe = EMOPipeline(model)
+    cfg = model.config
+    picture = example_portrait() if isinstance(image, str) and image == "example" else (
+        load_image(image) if isinstance(image, (str, Path)) else np.asarray(image))
+    wave, sr = load_audio(audio) if isinstance(audio, (str, Path)) else audio
+    fps = cfg.fps if fps is None else fps
+    info = find_crop(picture, mask=face_mask, detector=detector, model_path=detector_file, face_index=face_index,
+                     margin=margin, resolution=cfg.resolution, whole_image=whole_image)
+    face = crop(picture, info)
+    t0 = time.perf_counter()
+    enc_audio = pipe.encode_audio(wave, sr, fps, frames_per_clip)
+    ref = pipe.encode_reference(torch.from_numpy(face).float() / 255, face_region_mask(info))
+    match = None
+    with VideoWriter(out, enc_audio.fps, audio=wave, sample_rate=sr) as writer:
+        for clip in pipe.sample(enc_audio, ref, steps=steps, seed=seed, audio_cfg=audio_cfg, ref_cfg=ref_cfg,
+                                speed=speed, frames_per_clip=frames_per_clip, motion_frames=motion_frames,
+                                callback=progress):
+            if framing == "crop":
+                writer.write(clip)
+                continue
+            if match is None:
+                match = fit_color_match(picture, clip[0], info)
+            writer.write(paste_back(picture, clip, info, color_match=match))
+        frames = writer.frames_written
+        size = writer.size
+    return dict(frames=frames, fps=enc_audio.fps, seconds=time.perf_counter() - t0, size=size,
+                duration=enc_audio.duration, out=str(out))

@@ -1,0 +1,20 @@
+"""The extension ComfyUI's loader asks for its nodes (V3 `comfy_entrypoint`)."""
+from .audio_encode import EMOAudioEncode
+from .comfy_bridge import ComfyExtension
+from .load_models import EMOLoadModels
+from .paste_back import EMOPasteBack
+from .reference_encode import EMOReferenceEncode
+from .sampler import EMOSampler
+from .video_combine import EMOVideoCombine
+
+# Node ids are the identity of shared workflows: never rename one (add a new node instead).
+NODES = [EMOLoadModels, EMOAudioEncode, EMOReferenceEncode, EMOSampler, EMOPasteBack, EMOVideoCombine]
+
+
+class EMOExtension(ComfyExtension):
+    async def get_node_list(self):
+        return list(NODES)
+
+
+async def comfy_entrypoint() -> EMOExtension:
+    return EMOExtension()

@@ -1,0 +1,93 @@
+"""Load EMO Models: a checkpoint from models/emo/ -> EMO_MODEL (model + pipeline + ModelPatcher)."""
+import os
+
+import torch
+
+import folder_paths
+
+from .. import emo_model
+from ..emo_model.errors import EMOCheckpointError
+from .comfy_bridge import (CATEGORY, CHECKPOINT_HINT, EMOBundle, EmoModel, checkpoint_path, emo_roots, io,
+                           list_checkpoints, model_management)
+
+PRECISIONS = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+FROM_CHECKPOINT = "from checkpoint"
+
+
+def _audio_encoders() -> list[str]:
+    """Top-level folders (HF layout) and files in ComfyUI's audio_encoders folders."""
+    names = set()
+    for root in folder_paths.get_folder_paths("audio_encoders"):
+        if os.path.isdir(root):
+            names.update(e for e in os.listdir(root) if not e.startswith("."))
+    return sorted(names)
+
+
+def _core_file(folder: str, name: str) -> str | None:
+    if name == FROM_CHECKPOINT:
+        return None
+    for root in folder_paths.get_folder_paths(folder):
+        full = os.path.join(root, name)
+        if os.path.normpath(name) == name and not os.path.isabs(name) and os.path.exists(full):
+            return full
+    raise EMOCheckpointError(f"{folder} file '{name}' not found in {', '.join(folder_paths.get_folder_paths(folder))}: "
+                             f"put it in ComfyUI/models/{folder}/, or choose '{FROM_CHECKPOINT}'")
+
+
+class EMOLoadModels(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="EMOLoadModels",
+            display_name="Load EMO Models",
+            category=CATEGORY,
+            description="Loads an EMO talking-head checkpoint (native EMO, Hallo or EchoMimic format, recognised "
+                        "automatically) from ComfyUI/models/emo/. The weights stay on the offload device until a "
+                        "node needs them; ComfyUI's model management moves them.",
+            inputs=[
+                io.Combo.Input("checkpoint", options=list_checkpoints(),
+                               tooltip="A checkpoint folder or file in ComfyUI/models/emo/ (or an `emo:` path in "
+                                       "extra_model_paths.yaml). Native: a folder with config.json; Hallo: net.pth "
+                                       "or its folder; EchoMimic: its folder."),
+                io.Combo.Input("vae", options=[FROM_CHECKPOINT, *folder_paths.get_filename_list("vae")],
+                               default=FROM_CHECKPOINT,
+                               tooltip="The VAE (sd-vae-ft-mse): 'from checkpoint' uses the one inside or beside the "
+                                       "checkpoint; or pick a file from ComfyUI/models/vae/."),
+                io.Combo.Input("audio_encoder", options=[FROM_CHECKPOINT, *_audio_encoders()],
+                               default=FROM_CHECKPOINT,
+                               tooltip="The audio encoder (wav2vec2-base-960h folder, or whisper-tiny for "
+                                       "EchoMimic): 'from checkpoint' uses the one inside or beside the checkpoint; "
+                                       "or pick one from ComfyUI/models/audio_encoders/."),
+                io.Combo.Input("precision", options=["auto", "fp16", "bf16", "fp32"], default="auto",
+                               tooltip="Weight and compute precision. auto: what ComfyUI picks for this device "
+                                       "(fp16/bf16 on most GPUs, fp32 on CPU)."),
+                io.Combo.Input("device", options=["auto", "cpu"], default="auto",
+                               tooltip="auto: ComfyUI's main device (the GPU when there is one). cpu: run on the "
+                                       "CPU (slow, for testing)."),
+            ],
+            outputs=[EmoModel.Output(display_name="emo_model", tooltip="The loaded model for the other EMO nodes.")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, checkpoint):
+        if checkpoint not in list_checkpoints():
+            return (f"EMO checkpoint '{checkpoint}' not found in {', '.join(emo_roots())}: {CHECKPOINT_HINT}")
+        return True
+
+    @classmethod
+    def execute(cls, checkpoint, precision, device, vae=FROM_CHECKPOINT, audio_encoder=FROM_CHECKPOINT):
+        path = checkpoint_path(checkpoint)
+        vae_path, audio_path = _core_file("vae", vae), _core_file("audio_encoders", audio_encoder)
+        if device == "cpu":
+            load_device = offload_device = torch.device("cpu")
+        else:
+            load_device, offload_device = model_management.get_torch_device(), model_management.unet_offload_device()
+        if precision == "auto":
+            dtype = model_management.unet_dtype(device=load_device,
+                                                supported_dtypes=[torch.float16, torch.bfloat16, torch.float32])
+        else:
+            dtype = PRECISIONS[precision]
+        model = emo_model.load_model(path, device=offload_device, dtype=dtype, vae_path=vae_path,
+                                     audio_encoder_path=audio_path)
+        pipeline = emo_model.EMOPipeline(model)
+        return io.NodeOutput(EMOBundle.wrap(checkpoint, model, pipeline, load_device, offload_device, dtype))

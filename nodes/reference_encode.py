@@ -1,0 +1,91 @@
+"""Reference Encode: IMAGE (one frame of a batch) -> face crop -> encoded reference + where the crop sits."""
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..emo_model import face_crop, face_detect
+from .comfy_bridge import CATEGORY, EmoCropInfo, EmoModel, EmoReference, detector_folders, first_image, io
+
+WHOLE_IMAGE = "whole image (no crop)"
+AUTO = "auto"
+
+
+@dataclass
+class CropPlacement:
+    """EMO_CROP_INFO socket: the crop plan (`face_crop.CropInfo`) and the picture it was cut from
+    (`image` uint8 `[H, W, 3]`), so EMO Paste Back needs no second wire."""
+    crop: face_crop.CropInfo
+    image: np.ndarray
+
+
+def detector_options() -> list[str]:
+    labels = []
+    for folder in detector_folders():
+        for label in face_detect.available_detectors(folder)[1:]:
+            if label not in labels:
+                labels.append(label)
+    return [AUTO, face_detect.BUILTIN, *labels, WHOLE_IMAGE]
+
+
+def _detector_folder(detector: str) -> str | None:
+    """The face_detectors folder holding the file a dropdown label names ('auto': the first with a file)."""
+    for folder in detector_folders():
+        found = face_detect.available_detectors(folder)[1:]
+        if (detector == AUTO and found) or detector in found:
+            return folder
+    return None
+
+
+class EMOReferenceEncode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="EMOReferenceEncode",
+            display_name="EMO Reference Encode",
+            category=CATEGORY,
+            description="Finds the face in the reference picture, cuts a square crop around it at the model's "
+                        "resolution and encodes it for the EMO Sampler. A batch (e.g. frames of a video) is "
+                        "allowed: frame_index picks one. Outputs where the crop sits, for EMO Paste Back.",
+            inputs=[
+                EmoModel.Input("emo_model", tooltip="From Load EMO Models."),
+                io.Image.Input("image", tooltip="The portrait (IMAGE). A batch is allowed: frame_index picks one."),
+                io.Int.Input("frame_index", default=0, min=-100000, max=100000,
+                             tooltip="Which picture of the batch to use: 0 = first, -1 = last."),
+                io.Combo.Input("detector", options=detector_options(), default=AUTO,
+                               tooltip="Face detector. auto: a YuNet/SCRFD file from models/emo/face_detectors/ "
+                                       "when there is one, else the built-in LBP cascade. 'whole image': no "
+                                       "detection, the picture (centre square) is the face crop."),
+                io.Int.Input("face_index", default=0, min=0, max=63,
+                             tooltip="Which face when there are several: 0 = the largest, 1 = the next, ..."),
+                io.Float.Input("margin", default=face_crop.DEFAULT_MARGIN, min=0.0, max=3.0, step=0.05, round=0.01,
+                               tooltip="Room around the face on each side, in face sizes: crop side = face "
+                                       "size x (1 + 2 x margin). More leaves space for head motion."),
+                io.Mask.Input("face_mask", optional=True,
+                              tooltip="Optional MASK marking the face region (where the face may move). When "
+                                      "given it replaces detection."),
+            ],
+            outputs=[
+                EmoReference.Output(display_name="reference", tooltip="The encoded face for the EMO Sampler."),
+                EmoCropInfo.Output(display_name="crop_info", tooltip="Where the crop sits in the picture: "
+                                                                     "connect to EMO Paste Back."),
+                io.Image.Output(display_name="face_crop", tooltip="The square crop that was encoded (to check).")
+            ],
+        )
+
+    @classmethod
+    def execute(cls, emo_model, image, frame_index, detector, face_index, margin, face_mask=None):
+        picture = face_detect.as_rgb_uint8(first_image(image, frame_index, "Reference Encode"))  # uint8 [H, W, 3]
+        mask = None
+        if face_mask is not None:  # MASK [B, H, W]: the same frame as the image when the batches match
+            mask = face_mask[frame_index] if face_mask.ndim == 3 and face_mask.shape[0] == image.shape[0] else face_mask
+            mask = mask.reshape(mask.shape[-2:]).float().cpu().numpy()
+        res = emo_model.model.config.resolution
+        info = face_crop.find_crop(picture, mask=mask, detector=AUTO if detector == WHOLE_IMAGE else detector,
+                                   model_path=_detector_folder(detector), face_index=face_index, margin=margin,
+                                   resolution=res, whole_image=detector == WHOLE_IMAGE and mask is None)
+        crop = torch.from_numpy(face_crop.crop(picture, info)).float() / 255.0        # [res, res, 3]
+        region = torch.from_numpy(face_crop.face_region_mask(info))                   # [res, res]
+        emo_model.to_compute_device()
+        reference = emo_model.pipeline.encode_reference(crop, region)
+        return io.NodeOutput(reference, CropPlacement(info, picture), crop[None])

@@ -1,0 +1,113 @@
+"""EMO Sampler: encoded audio + encoded reference -> IMAGE frames, clip by clip, with progress and Cancel."""
+import numpy as np
+import torch
+from PIL import Image
+
+import comfy.utils
+
+from ..emo_model.errors import EMOInputError, EMOInterrupted
+from .comfy_bridge import CATEGORY, EmoAudio, EmoModel, EmoReference, io, model_management
+
+PREVIEW_SIZE = 512  # px, longest side of the JPEG previews sent to the browser
+
+
+def latent_preview(latents: torch.Tensor) -> Image.Image | None:
+    """Middle frame of a clip's latents `[1, 4, f, h, w]` -> RGB picture via ComfyUI's SD1.5 latent->RGB
+    factors (no VAE decode; the same approximation as ComfyUI's latent2rgb previews)."""
+    try:
+        import comfy.latent_formats
+        fmt = comfy.latent_formats.SD15()
+        factors = torch.tensor(fmt.latent_rgb_factors, dtype=torch.float32)  # [4, 3]
+        bias = getattr(fmt, "latent_rgb_factors_bias", None)
+    except (ImportError, AttributeError):
+        return None
+    if latents is None or latents.ndim != 5 or latents.shape[1] != factors.shape[0]:
+        return None
+    frame = latents[0, :, latents.shape[2] // 2].detach().float().cpu()  # [4, h, w]
+    rgb = torch.einsum("chw,cr->hwr", frame, factors)
+    if bias is not None:
+        rgb = rgb + torch.tensor(bias, dtype=torch.float32)
+    rgb = ((rgb + 1) / 2).clamp(0, 1).mul(255).round().to(torch.uint8).numpy()
+    image = Image.fromarray(np.ascontiguousarray(rgb))
+    return image.resize((image.width * 8, image.height * 8), Image.BILINEAR)
+
+
+class EMOSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="EMOSampler",
+            display_name="EMO Sampler",
+            category=CATEGORY,
+            description="Generates the talking-head frames: one clip after another (each continuing from the "
+                        "last frames of the previous one) until the audio is covered. Shows progress over all "
+                        "steps of all clips with a preview of the current clip; Cancel stops at the next step.",
+            inputs=[
+                EmoModel.Input("emo_model", tooltip="From Load EMO Models."),
+                EmoAudio.Input("encoded_audio", tooltip="From EMO Audio Encode: drives the lips and expression; "
+                                                        "its length sets the number of frames."),
+                EmoReference.Input("reference", tooltip="From EMO Reference Encode: the face to animate."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                             tooltip="Noise seed: the same seed and settings give the same video."),
+                io.Int.Input("steps", default=40, min=1, max=200,
+                             tooltip="Denoising steps per clip. Fewer is faster and rougher (20-40 is typical)."),
+                io.Float.Input("audio_cfg", default=3.5, min=0.0, max=20.0, step=0.1, round=0.01,
+                               tooltip="Audio guidance: higher follows the voice more strongly (mouth and "
+                                       "expression); 1 turns audio guidance off."),
+                io.Float.Input("reference_cfg", default=3.5, min=0.0, max=20.0, step=0.1, round=0.01,
+                               tooltip="Reference guidance: higher keeps the face closer to the reference "
+                                       "picture; 1 turns it off."),
+                io.Float.Input("head_motion_speed", default=1.0, min=0.0, max=10.0, step=0.05, round=0.01,
+                               tooltip="How fast the head moves. Used only when the checkpoint has speed layers "
+                                       "(native EMO checkpoints); ignored for Hallo and EchoMimic checkpoints."),
+                io.Int.Input("frames_per_clip", default=0, min=0, max=64,
+                             tooltip="Frames generated per clip; 0 = the checkpoint's own (EMO 12, Hallo 16). "
+                                     "More needs more memory."),
+                io.Int.Input("motion_frames", default=-1, min=-1, max=16,
+                             tooltip="Frames of the previous clip each clip continues from; -1 = the "
+                                     "checkpoint's own (EMO 4, Hallo 2)."),
+            ],
+            outputs=[
+                io.Image.Output(display_name="frames", tooltip="The video frames, IMAGE [frames, H, W, 3] 0..1."),
+                io.Float.Output(display_name="fps", tooltip="The frame rate the audio was encoded at: connect "
+                                                           "it to Video Combine."),
+            ],
+            hidden=[io.Hidden.unique_id],
+        )
+
+    @classmethod
+    def execute(cls, emo_model, encoded_audio, reference, seed, steps, audio_cfg, reference_cfg,
+                head_motion_speed, frames_per_clip, motion_frames):
+        bundle = emo_model
+        config = bundle.model.config
+        speed = head_motion_speed if getattr(config, "speed", None) else None
+        fpc = frames_per_clip or None
+        mf = None if motion_frames < 0 else motion_frames
+        node_id = cls.hidden.unique_id if cls.hidden is not None else None
+        bar = None
+
+        def on_step(p):
+            nonlocal bar
+            if bar is None:
+                bar = comfy.utils.ProgressBar(p.total_steps, node_id=node_id)
+            preview = latent_preview(p.latents)
+            # The server's progress hook raises InterruptProcessingException when the user pressed Cancel;
+            # the explicit check covers runs without the hook. Either way the pipeline stops at this step.
+            bar.update_absolute(p.step, p.total_steps, ("JPEG", preview, PREVIEW_SIZE) if preview else None)
+            model_management.throw_exception_if_processing_interrupted()
+
+        res = config.resolution
+        clip_frames = fpc or config.frames_per_clip
+        bundle.to_compute_device(memory_required=int(1.5e9 * (res / 512) ** 2 * clip_frames / 12))
+        clips = []
+        try:
+            for clip in bundle.pipeline.sample(encoded_audio, reference, steps=steps, seed=seed,
+                                               audio_cfg=audio_cfg, ref_cfg=reference_cfg, speed=speed,
+                                               frames_per_clip=fpc, motion_frames=mf, callback=on_step):
+                clips.append(clip.detach().to("cpu", torch.float32))
+        except EMOInterrupted:
+            raise model_management.InterruptProcessingException() from None
+        if not clips:
+            raise EMOInputError("EMO Sampler produced no frames: the encoded audio is empty")
+        frames = torch.cat(clips).clamp(0, 1).to(model_management.intermediate_device())
+        return io.NodeOutput(frames, float(encoded_audio.fps))
