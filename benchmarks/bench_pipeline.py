@@ -217,6 +217,7 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=None, help="override the scenario's DDIM steps")
     ap.add_argument("--audio-cfg", type=float, default=None)
     ap.add_argument("--ref-cfg", type=float, default=None)
+    ap.add_argument("--resolution", type=int, default=None, help="pixel side (default: the config's, 512 full size)")
     ap.add_argument("--compile", action="store_true", help="torch.compile the backbone UNet and the VAE decoder")
     ap.add_argument("--no-warmup", dest="warmup", action="store_false")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -230,6 +231,8 @@ def main(argv=None):
 
     t = time.perf_counter()
     model = build_tiny() if args.tiny else build_full()
+    if args.resolution:
+        model.config.resolution = args.resolution
     model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
     print(f"built {'tiny' if args.tiny else 'full-size'} model in {time.perf_counter() - t:.1f} s: "
           f"{sum(p.numel() for p in model.parameters()) / 1e6:.0f}M params (+ VAE "

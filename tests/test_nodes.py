@@ -245,10 +245,10 @@ def test_reference_encode_mask_replaces_detection_and_no_face_is_a_clear_error(c
 
 
 def test_sampler_reports_every_step_with_previews_through_model_management(comfy, loaded):
-    import comfy.model_management as mm
-    import comfy.utils
+    from comfy import model_management as mm
+    from comfy import utils as comfy_utils
     calls = []
-    comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None:
+    comfy_utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None:
                                              calls.append((value, total, preview, node_id)))
     mm.load_calls.clear()
     try:
@@ -256,7 +256,7 @@ def test_sampler_reports_every_step_with_previews_through_model_management(comfy
             emo_model=loaded.bundle, encoded_audio=loaded.encoded, reference=loaded.ref, seed=3, steps=2,
             audio_cfg=3.5, reference_cfg=2.0, head_motion_speed=1.0, frames_per_clip=0, motion_frames=-1).args
     finally:
-        comfy.utils.set_progress_bar_global_hook(None)
+        comfy_utils.set_progress_bar_global_hook(None)
     res = loaded.bundle.model.config.resolution
     assert frames.shape == (5, res, res, 3) and frames.dtype == torch.float32 and fps == 25.0
     assert frames.device == mm.intermediate_device() and 0 <= frames.min() and frames.max() <= 1
@@ -269,8 +269,8 @@ def test_sampler_reports_every_step_with_previews_through_model_management(comfy
 
 
 def test_cancel_from_the_progress_hook_stops_the_sampler_within_one_step(comfy, loaded):
-    import comfy.model_management as mm
-    import comfy.utils
+    from comfy import model_management as mm
+    from comfy import utils as comfy_utils
     seen = []
 
     def hook(value, total, preview, node_id=None):  # what ComfyUI's server hook does once Cancel was pressed
@@ -279,13 +279,13 @@ def test_cancel_from_the_progress_hook_stops_the_sampler_within_one_step(comfy, 
             mm.interrupt_current_processing(True)
         mm.throw_exception_if_processing_interrupted()
 
-    comfy.utils.set_progress_bar_global_hook(hook)
+    comfy_utils.set_progress_bar_global_hook(hook)
     try:
         with pytest.raises(mm.InterruptProcessingException):
             node(comfy, "EMOSampler").execute(
                 emo_model=loaded.bundle, encoded_audio=loaded.encoded, reference=loaded.ref, seed=0, steps=2,
                 audio_cfg=3.5, reference_cfg=3.5, head_motion_speed=1.0, frames_per_clip=0, motion_frames=-1)
     finally:
-        comfy.utils.set_progress_bar_global_hook(None)
+        comfy_utils.set_progress_bar_global_hook(None)
         mm.interrupt_current_processing(False)
     assert seen == [1, 2, 3]  # step 3 was the last one computed: the next step never ran
