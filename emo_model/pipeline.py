@@ -165,13 +165,19 @@ class EMOPipeline:
         emb = None if identity_embedding is None else torch.as_tensor(identity_embedding, dtype=torch.float32).reshape(1, -1)
         return EncodedReference(img, latent.cpu(), locator, masks, emb)
 
+    def _vae(self):
+        if self.model.vae is None:
+            raise EMOInputError("this model was loaded without a VAE: load it with its sd-vae-ft-mse folder "
+                                "(or choose a VAE in the loader)")
+        return self.model.vae
+
     def _vae_encode(self, pixels):  # [n, 3, H, W] in -1..1 -> [n, 4, h, w] scaled latents
-        vae = self.model.vae
+        vae = self._vae()
         out = vae.encode(pixels.to(self.device, vae.dtype)).latent_dist.mean
         return (out * self.config.vae_scale).to(self.dtype)
 
     def _vae_decode(self, latents, slice_frames: int = 8):  # [n, 4, h, w] -> [n, H, W, 3] float 0..1 on the CPU
-        vae = self.model.vae
+        vae = self._vae()
         out = []
         for s in range(0, latents.shape[0], slice_frames):
             x = vae.decode((latents[s:s + slice_frames] / self.config.vae_scale).to(vae.dtype)).sample
