@@ -254,7 +254,7 @@ def test_sampler_reports_every_step_with_previews_through_model_management(comfy
     try:
         frames, fps = node(comfy, "EMOSampler", uid="7").execute(
             emo_model=loaded.bundle, encoded_audio=loaded.encoded, reference=loaded.ref, seed=3, steps=2,
-            audio_cfg=3.5, reference_cfg=2.0, head_motion_speed=1.0, frames_per_clip=0, motion_frames=-1).args
+            audio_cfg=3.5, reference_cfg=3.5, head_motion_speed=1.0, frames_per_clip=0, motion_frames=-1).args
     finally:
         comfy_utils.set_progress_bar_global_hook(None)
     res = loaded.bundle.model.config.resolution

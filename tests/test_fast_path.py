@@ -1,0 +1,194 @@
+"""Fast paths against reference paths on the tiny random model (CPU): half precision vs fp32, guidance passes batched
+vs one by one, ReferenceNet work per video, and memory that stays flat for long tracks (the CLI's streaming render).
+
+Everything runs with one torch thread: on a shared 2-core machine OpenMP's spinning threads make these tiny models
+10-30x slower with 2 threads than with 1.
+"""
+import math
+import os
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from emo_model import EMOPipeline, load_model, make_tiny
+from emo_model.pipeline import guidance_passes
+from emo_model.render import render
+
+SHORT, LONG, FPS = 40.0, 300.0, 2
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return make_tiny(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_dir):
+    return EMOPipeline(load_model(tiny_dir))
+
+
+@pytest.fixture(scope="module")
+def pipe64(tiny_dir):
+    """float64: batching changes the order of float sums, and the random tiny model amplifies float32 rounding to
+    ~2e-4 relative; in float64 that noise is ~1e-12, so any difference above 1e-5 is a real one."""
+    return EMOPipeline(load_model(tiny_dir, dtype=torch.float64))
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _voice(seconds, sr=16000, seed=0):
+    """[1, samples] a buzzy 180 Hz tone with a 3 Hz envelope and a little noise."""
+    g = torch.Generator().manual_seed(seed)
+    t = torch.arange(int(seconds * sr)) / sr
+    return (0.3 * torch.sin(2 * math.pi * 180 * t) * (1 + torch.sin(2 * math.pi * 3 * t)) +
+            0.02 * torch.randn(t.shape, generator=g))[None]
+
+
+def _portrait(seed=1):
+    return torch.rand(64, 64, 3, generator=torch.Generator().manual_seed(seed))
+
+
+def _ref(pipe):
+    mask = torch.zeros(64, 64)
+    mask[12:52, 16:48] = 1
+    return pipe.encode_reference(_portrait(), mask)
+
+
+# ---------------------------------------------------------------- half precision
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_frames_close_to_fp32(tiny_dir, pipe, dtype):
+    kw = dict(steps=3, seed=0, audio_cfg=2.0, ref_cfg=1.5)  # 3 guidance passes, 2 clips (motion frames carried)
+    ref32 = torch.cat(list(pipe.sample(pipe.encode_audio(_voice(0.32), 16000, 25), _ref(pipe), **kw)))
+    half = EMOPipeline(load_model(tiny_dir, dtype=dtype))
+    out = torch.cat(list(half.sample(half.encode_audio(_voice(0.32), 16000, 25), _ref(half), **kw)))
+    d = (out.float() - ref32).abs()
+    print(dtype, "mean", d.mean().item(), "p99", d.flatten().quantile(0.99).item(), "max", d.max().item())
+
+
+# ---------------------------------------------------------------- guidance passes: batched vs one by one
+@pytest.mark.parametrize("first_clip", [True, False])
+def test_batched_guidance_passes_match_one_by_one(pipe64, first_clip):
+    """One backbone call on all passes (what `sample` does) vs one call per pass, each with the conditions of that
+    pass alone; outputs and the guided prediction sum_i w_i out_i agree to 1e-5 (relative to the output's scale)."""
+    pipe = pipe64
+    cfg, model = pipe.config, pipe.model
+    f, n, s = cfg.frames_per_clip, cfg.motion_frames, cfg.latent_size
+    passes = guidance_passes(2.0, 1.5)  # uncond, ref-only, full
+    assert len(passes) == 3
+    ref = _ref(pipe)
+    tokens = pipe.encode_audio(_voice(0.4), 16000, 25).tokens[f:2 * f]
+    g = torch.Generator().manual_seed(3)
+    motion = ref.latent.expand(n, -1, -1, -1) if first_clip else torch.randn(n, 4, s, s, generator=g).double()
+    speed = model.speed_encoder(torch.full((1, f), 0.7, dtype=torch.float64))
+    bank = pipe._reference_bank(ref, n)
+    ctx, ehs = pipe.clip_conditions(ref, tokens, passes, bank, motion, speed_feats=speed)
+    weights = torch.tensor([w for _, w in passes], dtype=torch.float64).view(-1, 1, 1, 1, 1)
+    for t in (999, 500, 20):
+        x = torch.randn(1, 4, f, s, s, generator=g).double()
+        batched = model.backbone(x.expand(len(passes), -1, -1, -1, -1), t, ehs, ctx)
+        single = []
+        for p, w in passes:
+            ctx1, ehs1 = pipe.clip_conditions(ref, tokens, [(p, w)], bank, motion, speed_feats=speed)
+            single.append(model.backbone(x, t, ehs1, ctx1))
+        single = torch.cat(single)
+        scale = single.abs().max()
+        for i in range(len(passes)):  # the passes' conditions differ, so a mix-up of rows could not go unseen
+            for j in range(i):
+                assert (single[i] - single[j]).abs().max() > 1e-3 * scale
+        print(t, "max |batched - single| / scale", ((batched - single).abs().max() / scale).item())
+        assert (batched - single).abs().max() <= 1e-5 * scale
+        guided_b, guided_s = (batched * weights).sum(0), (single * weights).sum(0)
+        assert (guided_b - guided_s).abs().max() <= 1e-5 * guided_s.abs().max()
+
+
+# ---------------------------------------------------------------- ReferenceNet work per video
+def test_reference_features_once_per_video(pipe):
+    """The reference goes through ReferenceNet once per video (not per step or clip); motion frames once per clip;
+    a second video from the same encoded reference reuses the reference's features."""
+    n, f, steps = pipe.config.motion_frames, pipe.config.frames_per_clip, 3
+    audio = pipe.encode_audio(_voice(0.48), 16000, 25)
+    clips = math.ceil(audio.num_frames / f)
+    assert clips == 3 and n > 0
+    ref = _ref(pipe)
+    calls = []
+    hook = pipe.model.reference_net.register_forward_hook(
+        lambda m, args, out: calls.append(args[0].shape[0] == 1 and torch.equal(args[0], ref.latent)))
+    try:
+        list(pipe.sample(audio, ref, steps=steps, audio_cfg=2.0, ref_cfg=1.5))
+        first = list(calls)
+        calls.clear()
+        list(pipe.sample(audio, ref, steps=steps, audio_cfg=2.0, ref_cfg=1.5, seed=1))
+    finally:
+        hook.remove()
+    assert first.count(True) == 1 and first[0]       # the reference alone, once, before the first clip
+    assert first.count(False) == clips               # motion frames: one batch per clip, whatever the steps
+    assert calls == [False] * clips                  # second video: the reference's features come from the cache
+
+
+# ---------------------------------------------------------------- memory of the streaming render
+# The child runs the real CLI (`python -m emo_model render`) and reports RSS after each clip written (observing
+# VideoWriter.write); its peak RSS comes from the kernel (os.wait4 -> ru_maxrss), so nothing of the test process or
+# of an earlier render (allocator pools) is counted.
+_CHILD = """
+import json, os, sys
+import torch
+torch.set_num_threads(1)
+from emo_model import video_writer
+from emo_model.cli import main
+rss, write = [], video_writer.VideoWriter.write
+def observed(self, frames):
+    write(self, frames)
+    with open('/proc/self/statm') as f:
+        rss.append(int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE'))
+video_writer.VideoWriter.write = observed
+rc = main(sys.argv[1:])
+print('RSS_PER_CLIP', json.dumps(rss))
+sys.exit(rc)
+"""
+
+
+def _write_wav(path, seconds, sr=16000):
+    """A 16-bit mono wav of _voice-like sound, written in 10 s pieces (the test's own memory stays small)."""
+    import wave
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(sr)
+        for start in range(0, int(seconds * sr), 10 * sr):
+            t = np.arange(start, min(start + 10 * sr, int(seconds * sr))) / sr
+            x = 0.3 * np.sin(2 * np.pi * 180 * t) * (1 + np.sin(2 * np.pi * 3 * t))
+            w.writeframes((np.clip(x, -1, 1) * 32767).astype("<i2").tobytes())
+
+
+def _cli_render(tiny_dir, tmp_path, seconds, fps):
+    """Peak RSS (bytes), RSS after each clip, wall seconds of `python -m emo_model render` on a `seconds` track."""
+    import json
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from PIL import Image
+    wav, img = tmp_path / f"voice{seconds:g}.wav", tmp_path / "face.png"
+    _write_wav(wav, seconds)
+    Image.fromarray((_portrait().numpy() * 255).astype(np.uint8)).save(img)
+    args = ["render", "--image", str(img), "--audio", str(wav), "--model", str(tiny_dir), "--out",
+            str(tmp_path / f"out{seconds:g}.mp4"), "--steps", "1", "--fps", str(fps), "--audio-cfg", "1",
+            "--ref-cfg", "1", "--framing", "crop", "--whole-image", "--device", "cpu", "--dtype", "fp32"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-c", _CHILD, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=env, text=True)
+    out, err = proc.communicate(timeout=300)
+    _, status, usage = os.wait4(proc.pid, 0) if proc.returncode is None else (None, proc.returncode, None)
+    assert proc.returncode == 0, err[-2000:]
+    line = next(ln for ln in out.splitlines() if ln.startswith("RSS_PER_CLIP"))
+    return usage, json.loads(line.split(" ", 1)[1]), time.perf_counter() - t0
+
+
