@@ -246,7 +246,7 @@ def main(argv=None):
         out_dir.mkdir(parents=True, exist_ok=True)
         for name in SCENARIOS if args.scenario == "all" else [args.scenario]:
             s = SCENARIOS[name]
-            steps = args.steps or (s["steps"] if not args.tiny else min(s["steps"], 4))
+            steps = args.steps or (s["steps"] if not args.tiny else min(s["steps"], 8))
             audio_cfg = s["audio_cfg"] if args.audio_cfg is None else args.audio_cfg
             ref_cfg = s["ref_cfg"] if args.ref_cfg is None else args.ref_cfg
             rows.append(run(args, model, timer, device, name, steps, audio_cfg, ref_cfg, out_dir))
