@@ -6,7 +6,6 @@ The audio cross-attention is either one plain `attn2` (EMO) or, with `regions`, 
 cross-attention per region (`attn2_0/1/2` = full/background, face, lip), each output multiplied by that region's mask
 at this block's resolution, through a 1x1 `zero_conv_{full,face,lip}`, and weighted by the sampler's region weights.
 """
-import torch
 from diffusers.models.attention import FeedForward
 from diffusers.models.attention_processor import Attention
 from einops import rearrange

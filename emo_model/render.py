@@ -4,7 +4,6 @@ The picture is cropped around the face (square, at the model's resolution), anim
 into the picture at its own size; frames go to the mp4 writer as each clip finishes, so memory stays flat however
 long the track is.
 """
-import sys
 import time
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import torch
 from .audio_io import load_audio
 from .face_crop import crop, face_region_mask, find_crop, fit_color_match, paste_back
 from .image_io import example_portrait, load_image
-from .pipeline import EMOPipeline, SampleProgress
+from .pipeline import EMOPipeline
 from .video_writer import VideoWriter
 
 

@@ -16,7 +16,7 @@ from torch import nn
 try:  # the versioned alias keeps working when `latest` moves (comfyui.md §1)
     from comfy_api.v0_0_2 import ComfyExtension, InputImpl, Types, io, ui
 except ImportError:
-    from comfy_api.latest import ComfyExtension, InputImpl, Types, io, ui
+    from comfy_api.latest import io
 
 import comfy.model_management as model_management
 import comfy.model_patcher

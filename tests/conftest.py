@@ -20,3 +20,16 @@ def fixtures() -> Path:
             f"parity fixtures not found at {path}: set EMO_FIXTURES to the folder that holds "
             "hallo-tiny/ and echomimic-tiny/ (CI keeps it at ../shared/fixtures)")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    """A tiny random model in the native format, made once per test session."""
+    from emo_model import make_tiny
+    return make_tiny(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_dir):
+    from emo_model import EMOPipeline, load_model
+    return EMOPipeline(load_model(tiny_dir))

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from emo_model import EMOPipeline, load_model, make_tiny
+from emo_model import EMOPipeline, load_model
 from emo_model.pipeline import guidance_passes
 
 # A 5-minute track, at 1 fps so that its 300 frames (75 clips) render in ~30 s on a shared CPU core; at 25 fps the
@@ -25,16 +25,6 @@ from emo_model.pipeline import guidance_passes
 # Measured: peak RSS 544 MiB (40 s) vs 586-588 MiB (300 s), +8%; the excess is the audio itself (the decoded track and
 # the mp4 writer's copy, 2 x 19 MB) and the chunked audio encoding; the clip loop is flat (second half within 1 MiB).
 SHORT, LONG, FPS = 40.0, 300.0, 1
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return make_tiny(tmp_path_factory.mktemp("tiny"))
-
-
-@pytest.fixture(scope="module")
-def pipe(tiny_dir):
-    return EMOPipeline(load_model(tiny_dir))
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ Hallo's original code (../shared/fixtures/hallo-tiny, see its README). float32, 
 Tolerance: atol 1e-4 + rtol 1e-4 on UNet outputs and latents (the README's suggestion; measured diffs ~1e-5)."""
 import pytest
 import torch
-from einops import rearrange
 from safetensors.torch import load_file
 
 from emo_model import EMOPipeline, EncodedReference, load_model

@@ -3,13 +3,11 @@ progress bar, model management); the pack's own code runs for real."""
 import ast
 import importlib
 import json
-import os
 import subprocess
 import sys
 from fractions import Fraction
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 

@@ -7,21 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from emo_model import EMOCheckpointError, EMOInputError, EMOPipeline, load_model, make_tiny, save_native
+from emo_model import EMOCheckpointError, EMOInputError, EMOPipeline, load_model, save_native
 from emo_model.face_locator import FaceLocator
 from emo_model.speed_layers import SpeedEncoder
 from emo_model.temporal_module import TemporalModule
 from emo_model.audio_attention import AudioAttention
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return make_tiny(tmp_path_factory.mktemp("tiny"))
-
-
-@pytest.fixture(scope="module")
-def pipe(tiny_dir):
-    return EMOPipeline(load_model(tiny_dir))
 
 
 def _voice(seconds, sr=16000, seed=0):

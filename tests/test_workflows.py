@@ -55,7 +55,6 @@ def make_inputs(folder: Path):
     from emo_model.audio_io import load_audio, mix_and_resample
     from emo_model.image_io import example_portrait
     from emo_model.video_writer import VideoWriter
-    import av
     portrait = example_portrait()
     Image.fromarray(portrait[:480, 16:496]).save(folder / "emo_portrait.png")
     wav, sr = load_audio(harness.ROOT / "examples" / "speech.wav")

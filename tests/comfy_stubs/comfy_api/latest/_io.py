@@ -3,7 +3,7 @@ declare: socket types with Input/Output, Schema, ComfyNode, Hidden, NodeOutput. 
 keyword arguments, same class-clone execution (`PREPARE_CLASS_CLONE` + `EXECUTE_NORMALIZED`)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
