@@ -103,8 +103,13 @@ def load_model(path, device="cpu", dtype=torch.float32, vae_path=None, audio_enc
 
 def _load_vae(path: Path) -> AutoencoderKL:
     path = Path(path)
-    if path.is_file():
-        return AutoencoderKL.from_single_file(str(path))
+    if path.is_file():  # never let diffusers fetch a config from the hub: local files only
+        try:
+            return AutoencoderKL.from_single_file(str(path), local_files_only=True)
+        except Exception as e:  # diffusers raises several kinds here; the user needs one message
+            raise EMOCheckpointError(
+                f"could not read the VAE file {path} offline ({str(e).splitlines()[0][:160]}): use a VAE folder in "
+                "diffusers layout (config.json + weights), e.g. sd-vae-ft-mse, in ComfyUI/models/vae/") from None
     if not (path / "config.json").is_file():
         raise EMOCheckpointError(f"VAE folder {path} has no config.json: use sd-vae-ft-mse (diffusers layout)")
     return AutoencoderKL.from_pretrained(str(path), local_files_only=True)
