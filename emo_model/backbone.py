@@ -27,8 +27,10 @@ from .temporal_module import TemporalModule
 class BackboneContext:
     """Conditions of one backbone call; B = guidance passes batched together, f = frames of the clip."""
     frames: int = 1
-    ref_rows: list = field(default_factory=list)   # [B] bool: pass sees the reference
-    ref_bank: dict | None = None                   # path -> [1 or (B f), L, C] reference features
+    ref_rows: list = field(default_factory=list)   # [B] bool: pass sees the reference (False ones first)
+    ref_bank: dict | None = None                   # path -> [R, L, C] reference features (R distinct rows)
+    ref_index: torch.Tensor | None = None          # [(B_ref f)] bank row per reference-seeing row (None: R = 1)
+    ref_kv: dict | None = None                     # path -> projected (k, v) of the bank: a cache, filled lazily
     motion: dict | None = None                     # path -> [B, n, L, C] motion-frame features
     audio: torch.Tensor | None = None              # [(B f), T, D] tokens for the audio-attention layers
     masks: list | None = None                      # Hallo regions: 3 lists (full, face, lip) of 4 levels [1, hw]
@@ -67,7 +69,7 @@ class Backbone(nn.Module):
                                    audio["audio_dim"], audio.get("heads", heads), groups, audio.get("regions", False))
                     for j, a in enumerate(attns))
             for j, host in enumerate(hosts):
-                host.register_forward_hook(self._make_hook(block, j, level, runs_temporal, name))
+                host.register_forward_hook(_BlockHook(self, block, j, level, runs_temporal, name))
         self.unet.conv_in.register_forward_hook(self._add_face)
         for path, tb in transformer_block_paths(self.unet):
             tb.attn1.set_processor(ReferenceReader(self.ctx, path))
@@ -81,32 +83,6 @@ class Backbone(nn.Module):
     def _add_face(self, module, args, out):
         return out if self.ctx.face is None else out + self.ctx.face.to(out.dtype)
 
-    def _make_hook(self, block, j, level, runs_temporal, name):
-        motion_path = f"{name}.attentions.{j}.transformer_blocks.0"
-
-        def hook(module, args, out):
-            ctx = self.ctx
-            x = out[0] if isinstance(out, tuple) else out
-            audio_modules = getattr(block, "audio_modules", None)
-            if audio_modules is not None and ctx.audio is not None:
-                masks = [m[level] for m in ctx.masks] if ctx.masks else None
-                x = audio_modules[j](x, ctx.audio.to(x.dtype), masks, ctx.region_weights)
-            if runs_temporal:
-                x = rearrange(x, "(b f) c h w -> b c f h w", f=ctx.frames)
-                motion = ctx.motion.get(motion_path) if ctx.motion else None
-                n = 0
-                speed = ctx.speed
-                if motion is not None:
-                    n = motion.shape[1]
-                    x = torch.cat([rearrange(motion.to(x.dtype), "b n (h w) c -> b c n h w", h=x.shape[3]), x], dim=2)
-                    if speed is not None:
-                        speed = torch.cat([speed[:, :1].expand(-1, n, -1), speed], dim=1)
-                x = block.motion_modules[j](x, speed)[:, :, n:]
-                x = rearrange(x, "b c f h w -> (b f) c h w")
-            return (x,) + tuple(out[1:]) if isinstance(out, tuple) else x
-
-        return hook
-
     def forward(self, sample: torch.Tensor, timestep, tokens: torch.Tensor | None, ctx: BackboneContext) -> torch.Tensor:
         """sample: [B, 4, f, h, w] noisy latents; timestep: scalar; tokens: [(B f), T, D] for the cross-attention
         slot (identity or audio tokens) or None; ctx: the other conditions. Returns the model output [B, 4, f, h, w]."""
@@ -118,3 +94,34 @@ class Backbone(nn.Module):
         finally:
             self.ctx.__dict__.update(BackboneContext().__dict__)
         return rearrange(out, "(b f) c h w -> b c f h w", f=f)
+
+
+class _BlockHook:
+    """Forward hook after a block's j-th transformer (or resnet, in blocks without attention): audio-attention, then
+    the temporal module, with the motion-frame features in front of the clip's frames. An object rather than a
+    closure, so `copy.deepcopy` of the model gives hooks that read the copy's context."""
+
+    def __init__(self, backbone, block, j, level, runs_temporal, name):
+        self.backbone, self.block, self.j, self.level, self.runs_temporal = backbone, block, j, level, runs_temporal
+        self.motion_path = f"{name}.attentions.{j}.transformer_blocks.0"
+
+    def __call__(self, module, args, out):
+        ctx, block, j = self.backbone.ctx, self.block, self.j
+        x = out[0] if isinstance(out, tuple) else out  # [(b f), C, h, w]
+        audio_modules = getattr(block, "audio_modules", None)
+        if audio_modules is not None and ctx.audio is not None:
+            masks = [m[self.level] for m in ctx.masks] if ctx.masks else None
+            x = audio_modules[j](x, ctx.audio.to(x.dtype), masks, ctx.region_weights)
+        if self.runs_temporal:
+            x = rearrange(x, "(b f) c h w -> b c f h w", f=ctx.frames)
+            motion = ctx.motion.get(self.motion_path) if ctx.motion else None
+            n = 0
+            speed = ctx.speed
+            if motion is not None:
+                n = motion.shape[1]
+                x = torch.cat([rearrange(motion.to(x.dtype), "b n (h w) c -> b c n h w", h=x.shape[3]), x], dim=2)
+                if speed is not None:
+                    speed = torch.cat([speed[:, :1].expand(-1, n, -1), speed], dim=1)
+            x = block.motion_modules[j](x, speed)[:, :, n:]
+            x = rearrange(x, "b c f h w -> (b f) c h w")
+        return (x,) + tuple(out[1:]) if isinstance(out, tuple) else x

@@ -86,6 +86,7 @@ class EMOPipeline:
     def __init__(self, model: EMOModel):
         self.model = model
         self.config = model.config
+        self._cache = {}  # small per-pipeline tensors (index tables)
 
     @property
     def device(self):
@@ -176,13 +177,32 @@ class EMOPipeline:
         out = vae.encode(pixels.to(self.device, vae.dtype)).latent_dist.mean
         return (out * self.config.vae_scale).to(self.dtype)
 
-    def _vae_decode(self, latents, slice_frames: int = 8):  # [n, 4, h, w] -> [n, H, W, 3] float 0..1 on the CPU
+    def _decode_slice(self) -> int:
+        """Frames per VAE decode call: as many as fit in ~60 % of the free accelerator memory (a 512² frame takes
+        ~1.3 GB at 16-bit in diffusers' decoder, scaling with pixels and bytes per value); 8 on the CPU."""
+        dev = self.device
+        if dev.type != "cuda":
+            return 8
+        free, _ = torch.cuda.mem_get_info(dev)
+        per_frame = 1.3e9 * (self.config.resolution / 512) ** 2 * self._vae().dtype.itemsize / 2
+        return max(1, min(32, int(0.6 * free / per_frame)))
+
+    def _decode(self, latents, keep_last: int = 0):
+        """latents [n, 4, h, w] -> (frames [n, H, W, 3] float 0..1 on the CPU, the last `keep_last` frames as
+        pixels [k, 3, H, W] in -1..1 still on the device, or None). The device copy feeds the next clip's motion
+        frames without a round trip through host memory."""
         vae = self._vae()
-        out = []
-        for s in range(0, latents.shape[0], slice_frames):
-            x = vae.decode((latents[s:s + slice_frames] / self.config.vae_scale).to(vae.dtype)).sample
-            out.append(rearrange(((x.float() + 1) / 2).clamp(0, 1), "n c h w -> n h w c").cpu())
-        return torch.cat(out)
+        step = self._decode_slice()
+        out, tail = [], []
+        for s in range(0, latents.shape[0], step):
+            x = vae.decode((latents[s:s + step] / self.config.vae_scale).to(vae.dtype)).sample.clamp(-1, 1)
+            if keep_last and s + x.shape[0] > latents.shape[0] - keep_last:
+                tail.append(x[max(0, latents.shape[0] - keep_last - s):])
+            out.append(rearrange((x.float() + 1) / 2, "n c h w -> n h w c").cpu())
+        return torch.cat(out), (torch.cat(tail) if tail else None)
+
+    def _vae_decode(self, latents):  # [n, 4, h, w] -> [n, H, W, 3] float 0..1 on the CPU
+        return self._decode(latents)[0]
 
     # ------------------------------------------------------------------ conditions
     def _identity_tokens(self, ref: EncodedReference, cond: bool):
@@ -213,14 +233,28 @@ class EMOPipeline:
             ref._cache[key] = bank
         return ref._cache[key]
 
-    def _frame_bank(self, bank: dict, f: int, B: int) -> dict:
-        """The reference features each backbone row attends to. Hallo's read hook tiles its two CFG rows over the
-        (B f) rows, so backbone row r sees bank row r % 2 (verified against the original code): the conditional
-        half's even frames see the reference with the unconditional identity tokens. Others: [1, L, C]."""
+    def _ref_index(self, f: int, n_ref_passes: int):
+        """Which reference row each backbone row that sees the reference attends to: None (one row for all), or
+        with Hallo's row tiling a LongTensor [(B_ref f)]. Hallo's read hook tiles its two CFG rows over the (B f)
+        rows, so frame j sees bank row (f + j) % 2 (verified against the original code): the conditional half's
+        even frames see the reference with the unconditional identity tokens."""
         if not self.config.hallo_identity_tiling:
-            return bank
-        rows = torch.tensor([(f + j) % 2 for j in range(f)], device=self.device)
-        return {k: v[rows].repeat(B, 1, 1) for k, v in bank.items()}
+            return None
+        key = ("ref_index", f, n_ref_passes, str(self.device))
+        if key not in self._cache:
+            self._cache[key] = torch.tensor([(f + j) % 2 for j in range(f)] * n_ref_passes).to(self.device)
+        return self._cache[key]
+
+    def _face_features(self, ref: EncodedReference, frames=None):
+        """Face-locator features [1, C, 1 or f, h, w]. A static face mask: computed once per video (cached).
+        Per-frame locator images (EchoMimic's pose set, `ref.locator_mask` [1, c, L, H, W]): frames `frames`."""
+        if ref.locator_mask.shape[2] > 1:
+            sel = ref.locator_mask[:, :, frames] if frames is not None else ref.locator_mask
+            return self.model.face_locator(sel.to(self.device, self.dtype))
+        key = ("face", str(self.device), self.dtype)
+        if key not in ref._cache:
+            ref._cache[key] = self.model.face_locator(ref.locator_mask.to(self.device, self.dtype))
+        return ref._cache[key]
 
     def _motion_bank(self, ref, motion_latents, n: int, variants: list[bool]) -> dict:
         """ReferenceNet features of the n motion latents for each variant (True: passes with the reference,
@@ -294,10 +328,9 @@ class EMOPipeline:
                 noise = noise.clamp(-cfg.init_noise_clamp, cfg.init_noise_clamp)
             latents = self._denoise(noise.to(self.device, self.dtype), steps, passes, ctx, ehs,
                                     lambda i, lat: callback and callback(SampleProgress(k * steps + i, total, k, num_clips, lat)))
-            frames = self._vae_decode(rearrange(latents, "1 c f h w -> f c h w"))
+            frames, last = self._decode(rearrange(latents, "1 c f h w -> f c h w"), keep_last=n)
             if n > 0:
-                last = frames[-n:] if n <= f else frames
-                motion_latents = self._vae_encode(rearrange(last, "f h w c -> f c h w").to(self.device) * 2 - 1)
+                motion_latents = self._vae_encode(last)
                 if motion_latents.shape[0] < n:
                     motion_latents = torch.cat([motion_latents[:1].expand(n - motion_latents.shape[0], -1, -1, -1),
                                                 motion_latents])
@@ -313,18 +346,22 @@ class EMOPipeline:
             variants = [True] + ([False] if any(not p.ref for p, _ in passes) else [])
             mbank = self._motion_bank(ref, motion_latents, motion_latents.shape[0], variants)
             motion = {path: torch.stack([mb[p.ref] for p, _ in passes]) for path, mb in mbank.items()}
-        return self._conditions(ref, tokens, passes, f, self._frame_bank(ref_bank, f, len(passes)), motion,
-                                region_weights, speed_feats)
+        return self._conditions(ref, tokens, passes, f, ref_bank, motion, region_weights, speed_feats)
 
-    def _conditions(self, ref, tokens, passes, f, ref_bank, motion, region_weights, speed_feats):
-        """The backbone context and cross-attention tokens for a clip. tokens: [f, T, D] audio tokens."""
+    def _conditions(self, ref, tokens, passes, f, ref_bank, motion, region_weights, speed_feats, frames=None):
+        """The backbone context and cross-attention tokens for a clip. tokens: [f, T, D] audio tokens (on the
+        device); ref_bank: from `_reference_bank`; frames: the clip's video-frame indices (per-frame locator
+        images only). Passes without the reference must come first (as `guidance_passes` orders them)."""
         cfg = self.config
         B = len(passes)
-        audio_rows = torch.cat([tokens if p.audio else torch.zeros_like(tokens) for p, _ in passes])  # [(B f), T, D]
-        face = None
-        feats = self.model.face_locator(ref.locator_mask.to(self.device, self.dtype))  # [1, C, 1, h, w]
-        face = torch.cat([feats.expand(-1, -1, f, -1, -1) if p.face else torch.zeros_like(feats).expand(-1, -1, f, -1, -1)
-                          for p, _ in passes])
+        ref_rows = [p.ref for p, _ in passes]
+        if ref_rows != sorted(ref_rows):
+            raise ValueError("guidance passes without the reference must come first")
+        zeros = torch.zeros_like(tokens)
+        audio_rows = torch.cat([tokens if p.audio else zeros for p, _ in passes])  # [(B f), T, D]
+        feats = self._face_features(ref, frames)  # [1, C, 1 or f, h, w]
+        feats = feats.expand(-1, -1, f, -1, -1)
+        face = torch.cat([feats if p.face else torch.zeros_like(feats) for p, _ in passes])
         face = rearrange(face, "b c f h w -> (b f) c h w")
         ehs = None
         if cfg.cross_attention == "identity":
@@ -335,22 +372,26 @@ class EMOPipeline:
         if ref.masks is not None:
             masks = [[m.to(self.device, self.dtype) for m in levels] for levels in ref.masks]
         ctx = BackboneContext(
-            ref_rows=[p.ref for p, _ in passes], ref_bank=ref_bank, motion=motion,
+            ref_rows=ref_rows, ref_bank=ref_bank, ref_index=self._ref_index(f, sum(ref_rows)),
+            ref_kv=ref._cache.setdefault(("kv", id(ref_bank)), {}), motion=motion,
             audio=audio_rows if cfg.audio_attention else None, masks=masks, region_weights=tuple(region_weights),
             face=face, speed=None if speed_feats is None else speed_feats.expand(B, -1, -1))
         return ctx, ehs
 
     def _denoise(self, latents, steps, passes, ctx, ehs, on_step):
+        """DDIM over one clip. The scheduler stays on the CPU (its tables are indexed by Python ints, so no step
+        waits on the GPU); the backbone gets the timestep as a device tensor made before the loop."""
         sched = DDIMScheduler.from_config(self.config.scheduler)
-        sched.set_timesteps(steps, device=self.device)
+        sched.set_timesteps(steps)
+        t_dev = sched.timesteps.to(self.device)
         latents = latents * sched.init_noise_sigma
-        weights = torch.tensor([w for _, w in passes], device=self.device, dtype=self.dtype).view(-1, 1, 1, 1, 1)
+        weights = torch.tensor([w for _, w in passes], dtype=self.dtype).view(-1, 1, 1, 1, 1).to(self.device)
         B = len(passes)
         for i, t in enumerate(sched.timesteps):
             x = sched.scale_model_input(latents, t).expand(B, -1, -1, -1, -1)
-            out = self.model.backbone(x, t, ehs, ctx)
+            out = self.model.backbone(x, t_dev[i], ehs, ctx)
             pred = (out * weights).sum(0, keepdim=True)
-            latents = sched.step(pred, t, latents).prev_sample
+            latents = sched.step(pred, int(t), latents).prev_sample
             on_step(i + 1, latents)
         return latents
 
@@ -370,21 +411,28 @@ class EMOPipeline:
             noise = noise.clamp(-cfg.init_noise_clamp, cfg.init_noise_clamp)
         ref_bank = self._reference_bank(ref, 0)
         sched = DDIMScheduler.from_config(cfg.scheduler)
-        sched.set_timesteps(steps, device=self.device)
+        sched.set_timesteps(steps)
+        t_dev = sched.timesteps.to(self.device)
         latents = noise.to(self.device, self.dtype) * sched.init_noise_sigma
-        weights = torch.tensor([w for _, w in passes], device=self.device, dtype=self.dtype).view(-1, 1, 1, 1, 1)
+        weights = torch.tensor([w for _, w in passes], dtype=self.dtype).view(-1, 1, 1, 1, 1).to(self.device)
+        # Everything indexed per window is made before the loop: no host->device copy inside it.
+        tokens_all = audio.tokens[:L].to(self.device, self.dtype)                       # [L, T, D]
+        index = [[torch.tensor(w).to(self.device) for w in windows] for windows in schedule]
+        counts = []
+        for windows in schedule:
+            c = torch.zeros(L)
+            for w in windows:
+                c.index_add_(0, torch.tensor(w), torch.ones(len(w)))
+            counts.append(c.to(self.device, self.dtype).view(1, 1, -1, 1, 1))
         for i, t in enumerate(sched.timesteps):
             pred = torch.zeros_like(latents)
-            count = torch.zeros(L, device=self.device, dtype=self.dtype)
-            for window in schedule[i]:
-                idx = torch.tensor(window, device=self.device)
-                tokens = audio.tokens[window].to(self.device, self.dtype)
-                ctx, ehs = self._conditions(ref, tokens, passes, len(window), ref_bank, None, (1.0, 1.0, 1.0), None)
+            for idx in index[i]:
+                ctx, ehs = self._conditions(ref, tokens_all[idx], passes, idx.shape[0], ref_bank, None, (1.0, 1.0, 1.0),
+                                            None, frames=idx)
                 x = sched.scale_model_input(latents[:, :, idx], t).expand(len(passes), -1, -1, -1, -1)
-                out = self.model.backbone(x, t, ehs, ctx)
+                out = self.model.backbone(x, t_dev[i], ehs, ctx)
                 pred.index_add_(2, idx, (out * weights).sum(0, keepdim=True))
-                count.index_add_(0, idx, torch.ones_like(idx, dtype=count.dtype))
-            latents = sched.step(pred / count.view(1, 1, -1, 1, 1), t, latents).prev_sample
+            latents = sched.step(pred / counts[i], int(t), latents).prev_sample
             if callback:
                 callback(SampleProgress(i + 1, steps, 0, 1, latents))
         frames = rearrange(latents, "1 c f h w -> f c h w")
