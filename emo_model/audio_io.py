@@ -35,26 +35,53 @@ def load_audio(path) -> tuple[torch.Tensor, int]:
             stream = container.streams.audio[0]
             # Converts any sample format (s16, s32p, fltp, ...) to planar float; keeps rate and layout.
             to_float = av.AudioResampler(format="fltp")
-            chunks = []
-            for frame in container.decode(stream):
-                frame.pts = None  # the converter needs no timestamps; some files have broken ones
-                chunks += [f.to_ndarray() for f in to_float.resample(frame)]
-            chunks += [f.to_ndarray() for f in to_float.resample(None)]
             sample_rate = stream.codec_context.sample_rate or stream.sample_rate
             declared = None
             if stream.duration and stream.time_base:
                 declared = stream.duration * stream.time_base * sample_rate
+            elif container.duration:
+                declared = container.duration / av.time_base * sample_rate
+            buf = _Samples(int(declared or 0) + 8192)
+            for frame in container.decode(stream):
+                frame.pts = None  # the converter needs no timestamps; some files have broken ones
+                for f in to_float.resample(frame):
+                    buf.append(f.to_ndarray())
+            for f in to_float.resample(None):
+                buf.append(f.to_ndarray())
     except EMOInputError:
         raise
     except (av.FFmpegError, UnicodeDecodeError, ValueError) as e:
         raise EMOInputError(f"{path} could not be read as audio ({e}): use {AUDIO_FORMATS}") from None
-    if not chunks or sum(c.shape[1] for c in chunks) == 0:
+    waveform = buf.array()
+    if waveform is None or waveform.shape[1] == 0:
         raise EMOInputError(f"{path} has an audio track but no samples: use a file with sound ({AUDIO_FORMATS})")
-    channels = min(c.shape[0] for c in chunks)  # a layout change mid-file keeps the common channels
-    waveform = np.concatenate([c[:channels] for c in chunks], axis=1).astype(np.float32, copy=False)
     if declared and 0 < waveform.shape[1] - round(declared) <= 4096:
         waveform = waveform[:, :round(declared)]  # drop the encoder's padding of the last AAC/Opus frame
-    return torch.from_numpy(np.clip(waveform, -1.0, 1.0)), int(sample_rate)
+    np.clip(waveform, -1.0, 1.0, out=waveform)  # in place: long tracks are held once
+    return torch.from_numpy(waveform), int(sample_rate)
+
+
+class _Samples:
+    """Decoded audio gathered into one preallocated float32 [channels, samples] buffer (sized from the declared
+    duration, grown by half when short), so a long track is held once rather than as pieces plus their join.
+    A layout change mid-file keeps the common channels."""
+
+    def __init__(self, expected: int):
+        self.expected, self.buf, self.n = expected, None, 0
+
+    def append(self, x: np.ndarray):
+        if self.buf is None:
+            self.buf = np.empty((x.shape[0], max(self.expected, x.shape[1])), np.float32)
+        ch = min(self.buf.shape[0], x.shape[0])
+        if self.n + x.shape[1] > self.buf.shape[1] or ch < self.buf.shape[0]:
+            grown = np.empty((ch, max(self.n + x.shape[1], self.buf.shape[1] * 3 // 2)), np.float32)
+            grown[:, :self.n] = self.buf[:ch, :self.n]
+            self.buf = grown
+        self.buf[:, self.n:self.n + x.shape[1]] = x[:ch]
+        self.n += x.shape[1]
+
+    def array(self) -> np.ndarray | None:
+        return None if self.buf is None else self.buf[:, :self.n]
 
 
 def _as_channels_samples(waveform) -> np.ndarray:
@@ -81,7 +108,9 @@ def mix_and_resample(waveform, sample_rate: int, target_rate: int = 16000) -> to
     waveform: `[channels, samples]` (or `[samples]`), float in [-1, 1], sample_rate in Hz.
     Returns float32 `[round(samples * target_rate / sample_rate)]` at target_rate Hz.
     """
-    mono = _as_channels_samples(waveform).mean(axis=0, keepdims=True)
+    mono = _as_channels_samples(waveform)
+    if mono.shape[0] > 1:  # a mono track is used as it is (no copy: long tracks are held once)
+        mono = mono.mean(axis=0, keepdims=True)
     sample_rate, target_rate = int(sample_rate), int(target_rate)
     if sample_rate <= 0 or target_rate <= 0:
         raise EMOInputError(f"sample rate must be positive (got {sample_rate} Hz -> {target_rate} Hz)")

@@ -8,10 +8,14 @@ Native format (a folder):
     audio_projection.safetensors     (wav2vec models) per-frame window -> audio tokens
     identity_projection.safetensors  (if the model uses identity tokens)
     speed_layers.safetensors         (if any) `encoder.*` speed MLP + `backbone.*` speed attention in the temporal modules
-    vae/                             diffusers AutoencoderKL folder (or "files.vae" points elsewhere)
+    vae/                             diffusers AutoencoderKL folder, or vae.safetensors (a single-file SD VAE), or
+                                     none: "files.vae" points elsewhere, or (no "files.vae") the VAE is looked for as
+                                     sd-vae-ft-mse/ in or beside the folder, as for a Hallo or EchoMimic folder
     audio_encoder/                   wav2vec2 folder, or a whisper .pt file (or "files.audio_encoder" points elsewhere)
 """
+import dataclasses
 import json
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -20,11 +24,12 @@ from diffusers import AutoencoderKL
 from safetensors.torch import save_file
 
 from .config import EMOConfig
-from .errors import EMOCheckpointError
+from .errors import EMOCheckpointError, EMOInputError
 from .model import EMOModel
 from .safe_load import load_tensors, strip_prefix
 
 NATIVE = "emo-native"
+SD_VAE_CONFIG = Path(__file__).parent / "configs" / "sd-vae"  # SD1.5's vae/config.json, for single-file VAEs offline
 COMPONENTS = ("reference_net", "backbone", "face_locator", "audio_projection", "identity_projection", "speed_layers")
 
 
@@ -70,12 +75,33 @@ def _hallo_net(folder: Path) -> Path | None:
 
 
 def _find(folder: Path, names, what: str, hint: str) -> Path:
+    found = _find_optional(folder, names)
+    if found is None:
+        raise EMOCheckpointError(f"{what} not found next to {folder}: {hint}")
+    return found
+
+
+def _find_optional(folder: Path, names) -> Path | None:
     for root in (folder, folder.parent, folder.parent.parent):
         for name in names:
             cand = root / name
             if cand.exists():
                 return cand
-    raise EMOCheckpointError(f"{what} not found next to {folder}: {hint}")
+    return None
+
+
+def find_vae(path) -> Path | None:
+    """The VAE that `load_model(path)` would load by default (the checkpoint's own), or None when there is none."""
+    p = Path(path)
+    if p.is_file():  # Hallo's net.pth or an EchoMimic .pth: the VAE is looked for beside it (no tensors are read)
+        return _find_optional(p.parent, ["sd-vae-ft-mse"])
+    kind = detect_format(p)
+    if kind == "native":
+        files = json.loads((p / "config.json").read_text()).get("files", {})
+        if "vae" in files:
+            return p / files["vae"]  # an absolute path stays absolute
+        return (p / "vae") if (p / "vae").exists() else _find_optional(p, ["sd-vae-ft-mse"])
+    return _find_optional(_hallo_net(p).parent if kind == "hallo" else p, ["sd-vae-ft-mse"])
 
 
 def load_model(path, device="cpu", dtype=torch.float32, vae_path=None, audio_encoder_path=None,
@@ -102,14 +128,26 @@ def load_model(path, device="cpu", dtype=torch.float32, vae_path=None, audio_enc
 
 
 def _load_vae(path: Path) -> AutoencoderKL:
+    """A diffusers VAE folder, or a single-file SD VAE (original or diffusers key names, e.g. ComfyUI/models/vae/
+    vae-ft-mse-840000-ema-pruned.safetensors) read with the bundled SD1.5 VAE config: never fetches anything."""
     path = Path(path)
-    if path.is_file():  # never let diffusers fetch a config from the hub: local files only
+    if path.is_file():
+        hint = ("use a Stable Diffusion 1.x VAE (e.g. vae-ft-mse-840000-ema-pruned.safetensors, or sd-vae-ft-mse as "
+                "a diffusers folder) in ComfyUI/models/vae/")
+        sd = load_tensors(path)
+        keys = [k.removeprefix("first_stage_model.").removeprefix("vae.") for k in sd]  # also in full SD files
+        n = sum(k.startswith(("encoder.", "decoder.", "quant_conv.", "post_quant_conv.")) for k in keys)
         try:
-            return AutoencoderKL.from_single_file(str(path), local_files_only=True)
+            vae = AutoencoderKL.from_single_file(sd, config=str(SD_VAE_CONFIG), local_files_only=True)
         except Exception as e:  # diffusers raises several kinds here; the user needs one message
-            raise EMOCheckpointError(
-                f"could not read the VAE file {path} offline ({str(e).splitlines()[0][:160]}): use a VAE folder in "
-                "diffusers layout (config.json + weights), e.g. sd-vae-ft-mse, in ComfyUI/models/vae/") from None
+            reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+            raise EMOCheckpointError(f"could not read the VAE file {path} ({reason}): {hint}") from None
+        # diffusers leaves weights missing from the file at their random init: count them instead
+        expected = len(vae.state_dict())
+        if n < expected:
+            raise EMOCheckpointError(f"the VAE file {path} holds {n} of the {expected} tensors of an SD VAE (it may be "
+                                     f"truncated or another kind of VAE): {hint}")
+        return vae
     if not (path / "config.json").is_file():
         raise EMOCheckpointError(f"VAE folder {path} has no config.json: use sd-vae-ft-mse (diffusers layout)")
     return AutoencoderKL.from_pretrained(str(path), local_files_only=True)
@@ -153,7 +191,11 @@ def _load_native(folder: Path, vae_path=None, audio_encoder_path=None) -> EMOMod
         _strict(model.audio_projection, parts["audio_projection"], folder / "audio_projection.safetensors")
     if model.identity_projection is not None:
         _strict(model.identity_projection, parts["identity_projection"], folder / "identity_projection.safetensors")
-    vae = None if vae_path is False else Path(vae_path) if vae_path else folder / files.get("vae", "vae")
+    vae = None if vae_path is False else Path(vae_path) if vae_path else find_vae(folder)
+    if vae is None and vae_path is not False:
+        raise EMOCheckpointError(
+            f"{folder} has no VAE: put sd-vae-ft-mse (diffusers layout) in it as vae/ or beside it as "
+            "sd-vae-ft-mse/, or choose a VAE from ComfyUI/models/vae/ in the loader node (load_model: vae_path)")
     enc = Path(audio_encoder_path) if audio_encoder_path else folder / files.get("audio_encoder", "audio_encoder")
     for what, p, hint in (("VAE", vae, "sd-vae-ft-mse in diffusers layout"), ("audio encoder", enc, "wav2vec2-base-960h folder or whisper_tiny.pt")):
         if p is not None and not p.exists():
@@ -176,6 +218,9 @@ def _load_hallo(p: Path, vae_path=None, audio_encoder_path=None) -> EMOModel:
     from .hallo_format import find_unet_config, hallo_config, load_hallo_weights
     net = p if p.is_file() else _hallo_net(p)
     root = net.parent
+    vae_dir = None if vae_path is False else Path(vae_path) if vae_path else _find(
+        root, ["sd-vae-ft-mse"], "sd-vae-ft-mse",
+        "put Hallo's sd-vae-ft-mse folder in pretrained_models/ (or choose a VAE in ComfyUI/models/vae/)")
     enc_dir = Path(audio_encoder_path) if audio_encoder_path else _find(
         root, ["wav2vec/wav2vec2-base-960h", "wav2vec2-base-960h"], "wav2vec2-base-960h",
         "put Hallo's wav2vec/wav2vec2-base-960h folder in pretrained_models/ (or in ComfyUI/models/audio_encoders/)")
@@ -185,9 +230,6 @@ def _load_hallo(p: Path, vae_path=None, audio_encoder_path=None) -> EMOModel:
     config, widths = hallo_config(sd, find_unet_config(net), (enc.num_layers, enc.hidden_size))
     model = EMOModel(config, widths)
     load_hallo_weights(model, sd)
-    vae_dir = None if vae_path is False else Path(vae_path) if vae_path else _find(
-        root, ["sd-vae-ft-mse"], "sd-vae-ft-mse",
-        "put Hallo's sd-vae-ft-mse folder in pretrained_models/ (or choose a VAE in ComfyUI/models/vae/)")
     model.vae = None if vae_dir is None else _load_vae(vae_dir)
     model.audio_encoder = enc
     model.sources = {"vae": vae_dir, "audio_encoder": enc_dir}
@@ -196,6 +238,8 @@ def _load_hallo(p: Path, vae_path=None, audio_encoder_path=None) -> EMOModel:
 
 def _load_echomimic(folder: Path, vae_path=None, audio_encoder_path=None, accelerated=None) -> EMOModel:
     from .echomimic_format import echomimic_config, find_echomimic_unet_config, load_echomimic_tensors
+    vae_dir = None if vae_path is False else Path(vae_path) if vae_path else _find(
+        folder, ["sd-vae-ft-mse"], "sd-vae-ft-mse", "put sd-vae-ft-mse (diffusers layout) beside the model files")
     files, sds = load_echomimic_tensors(folder, accelerated)
     acc = files["denoising_unet"].name.endswith("_acc.pth")
     den = {**sds["denoising_unet"], **sds["motion_module"]}
@@ -208,8 +252,6 @@ def _load_echomimic(folder: Path, vae_path=None, audio_encoder_path=None, accele
         folder, ["audio_processor/whisper_tiny.pt", "whisper_tiny.pt"], "audio_processor/whisper_tiny.pt",
         "put EchoMimic's audio_processor/whisper_tiny.pt beside the model files")
     model.audio_encoder = _load_audio_encoder(enc, "whisper")
-    vae_dir = None if vae_path is False else Path(vae_path) if vae_path else _find(
-        folder, ["sd-vae-ft-mse"], "sd-vae-ft-mse", "put sd-vae-ft-mse (diffusers layout) beside the model files")
     model.vae = None if vae_dir is None else _load_vae(vae_dir)
     model.sources = {"vae": vae_dir, "audio_encoder": enc}
     return model
@@ -217,34 +259,68 @@ def _load_echomimic(folder: Path, vae_path=None, audio_encoder_path=None, accele
 
 def save_native(model: EMOModel, folder, copy_files: bool = True) -> Path:
     """Write `model` in the native format to `folder`. The VAE and the audio encoder are copied in, or with
-    copy_files=False referenced by absolute path in config.json (`files`)."""
-    import dataclasses
-    import shutil
+    copy_files=False referenced by absolute path in config.json (`files`). The VAE is `model.vae` (saved in
+    diffusers layout) or, when none is loaded, the file/folder `model.sources["vae"]` names; with neither, the folder
+    gets no VAE and loading it later asks for one (as loading the source would)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for name, sd in model.component_state_dicts().items():
         save_file({k: v.detach().contiguous().cpu() for k, v in sd.items()}, str(folder / f"{name}.safetensors"))
     files = {}
-    if model.vae is not None:
-        if copy_files:
-            model.vae.save_pretrained(str(folder / "vae"), safe_serialization=True)
-            files["vae"] = "vae"
+    vae_src = model.sources.get("vae")
+    if model.vae is not None and (copy_files or vae_src is None):
+        model.vae.save_pretrained(str(folder / "vae"), safe_serialization=True)
+        files["vae"] = "vae"
+    elif vae_src is not None:  # referenced (copy_files=False), or known by its path only (convert): copied as is
+        vae_src = Path(vae_src).resolve()
+        if not copy_files:
+            files["vae"] = str(vae_src)
         else:
-            files["vae"] = str(Path(model.sources["vae"]).resolve())
+            files["vae"] = "vae" + ("" if vae_src.is_dir() else vae_src.suffix)
+            _copy(vae_src, folder / files["vae"])
     src = model.sources.get("audio_encoder")
     if src is not None:
         src = Path(src).resolve()
         if src.parent == folder.resolve():
             files["audio_encoder"] = src.name
         elif copy_files:
-            dst = folder / ("audio_encoder" + src.suffix)
-            shutil.copytree(src, dst, dirs_exist_ok=True) if src.is_dir() else shutil.copyfile(src, dst)
-            files["audio_encoder"] = dst.name
+            files["audio_encoder"] = "audio_encoder" + ("" if src.is_dir() else src.suffix)
+            _copy(src, folder / files["audio_encoder"])
         else:
             files["audio_encoder"] = str(src)
     meta = {"format": NATIVE, "version": 1, "model": dataclasses.asdict(model.config), "files": files}
     (folder / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
     return folder
+
+
+def convert(src, dst, copy_files: bool = True, accelerated: bool | None = None) -> Path:
+    """Converts a Hallo or EchoMimic checkpoint (or a native folder) to the native format in `dst`, a new or empty
+    folder (nothing is overwritten). The source's VAE and audio encoder are copied in (copy_files=False: referenced
+    by absolute path); a source without a VAE gives a folder without one, which asks for a VAE when loaded, as the
+    source does. accelerated: EchoMimic's `_acc` set (see load_model). Returns dst."""
+    dst = Path(dst)
+    if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
+        raise EMOInputError(f"{dst} already exists and is not an empty folder: choose a new folder for the converted "
+                            "model (convert overwrites nothing)")
+    model = load_model(src, vae_path=False, accelerated=accelerated)  # the VAE is copied as files, not re-saved
+    model.sources["vae"] = find_vae(src)
+    return save_native(model, dst, copy_files=copy_files)
+
+
+def _copy(src: Path, dst: Path) -> None:
+    """Copies a file or a folder's contents (contents only: no permission bits, so read-only sources give
+    writable copies)."""
+    if src.is_file():
+        shutil.copyfile(src, dst)
+        return
+    for f in sorted(src.rglob("*")):
+        target = dst / f.relative_to(src)
+        if f.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(f, target)
+    dst.mkdir(parents=True, exist_ok=True)
 
 
 def tiny_config() -> EMOConfig:

@@ -62,14 +62,15 @@ def cmd_make_tiny(a) -> int:
 
 
 def cmd_convert(a) -> int:
-    from .checkpoint import detect_format, load_model, save_native
-    kind = detect_format(a.src)
-    model = load_model(a.src, accelerated=a.accelerated or None)
-    dst = Path(a.dst)
-    if dst.exists() and any(dst.iterdir()):
-        raise EMOError(f"{dst} exists and is not empty: choose a new folder (nothing is overwritten)")
-    save_native(model, dst, copy_files=not a.link)
-    print(f"converted {kind} model {a.src} -> native format in {dst}")
+    import json
+
+    from .checkpoint import convert
+    dst = convert(a.src, a.dst, copy_files=not a.link, accelerated=a.accelerated or None)
+    meta = json.loads((dst / "config.json").read_text())
+    print(f"converted {meta['model']['kind']} model {a.src} -> native format in {dst}")
+    if "vae" not in meta["files"]:
+        print("note: the source has no VAE, so neither has the converted folder: put sd-vae-ft-mse (diffusers layout) "
+              f"in {dst}/vae or beside it, or choose a VAE when loading", file=sys.stderr)
     return 0
 
 

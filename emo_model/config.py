@@ -39,12 +39,17 @@ class EMOConfig:
     # attention (down_blocks.3, up_blocks.0) run theirs (Hallo's official path skips them).
     temporal: dict = field(default_factory=lambda: dict(heads=8, max_len=32, plain_blocks=True))
     temporal_mode: str = "motion_frames"    # "motion_frames" (EMO, Hallo) or "context_windows" (EchoMimic)
+    window_shift: int = 2                   # context_windows: the windows shift by window_shift * step frames per step
+                                            # (EchoMimic's audio sets 2, its pose sets 3)
     frames_per_clip: int = 12               # f (EMO 12, Hallo 16, EchoMimic's window 12)
     motion_frames: int = 4                  # n (EMO 4, Hallo 2); the window overlap in context_windows mode
     first_clip_motion: str = "reference"    # motion frames of the first clip: "reference" latents repeated, or "zeros"
     hallo_identity_tiling: bool = False     # reproduce Hallo's row tiling of identity tokens in ReferenceNet
     identity: dict | None = field(default_factory=lambda: dict(embed_dim=512, tokens=4))
     face_locator: dict = field(default_factory=lambda: dict(in_channels=1, block_out_channels=[16, 32, 96, 256]))
+    # What the face locator sees: "face_mask" (one static face-region mask for every frame) or "pose" (EchoMimic's
+    # `_pose` sets: one landmark drawing per video frame, [L, H, W, 3] in 0..1 from pose_frames.load_pose_frames).
+    locator_input: str = "face_mask"
     # Audio tokens per frame: wav2vec2 features of all layers in a +-window, projected (EMO, Hallo), or whisper
     # features in a 10-frame chunk used raw (EchoMimic).
     audio_encoder: dict = field(default_factory=lambda: dict(kind="wav2vec2", fps=25.0, window=2))

@@ -18,13 +18,16 @@ Detectors:
 Put the ONNX file in the ComfyUI folder ``models/emo/face_detectors/`` (or pass
 ``--detector-file`` to the CLI); ``available_detectors(folder)`` lists what is usable.
 
-Boxes are in source pixels, ``x0, y0`` inclusive and ``x1, y1`` exclusive (floats).
+Boxes are in source pixels, ``x0, y0`` inclusive and ``x1, y1`` exclusive (floats). YuNet and SCRFD
+also give 5 keypoints per face (``FaceBox.keypoints`` [5, 2] x, y in source pixels, insightface's order:
+eye, eye, nose tip, mouth corner, mouth corner, image-left first of each pair), which
+``face_embedding`` aligns the face with.
 """
 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -45,13 +48,19 @@ LBP_ANGLES = (-20.0, 20.0)  # extra passes when the upright pass finds nothing
 
 @dataclass(frozen=True)
 class FaceBox:
-    """A face in source pixels: ``x0, y0`` inclusive, ``x1, y1`` exclusive; ``score`` in 0..1."""
+    """A face in source pixels: ``x0, y0`` inclusive, ``x1, y1`` exclusive; ``score`` in 0..1.
+
+    ``keypoints``: float32 [5, 2] (x, y in source pixels, not clipped to the image) from YuNet / SCRFD, in
+    insightface's order: left eye, right eye, nose tip, left mouth corner, right mouth corner (left = image
+    left, i.e. the subject's right); None from the LBP cascade.
+    """
 
     x0: float
     y0: float
     x1: float
     y1: float
     score: float = 1.0
+    keypoints: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     @property
     def width(self) -> float:
@@ -70,7 +79,8 @@ class FaceBox:
         return (self.x0 + self.x1) / 2, (self.y0 + self.y1) / 2
 
     def scaled(self, s: float) -> "FaceBox":
-        return replace(self, x0=self.x0 * s, y0=self.y0 * s, x1=self.x1 * s, y1=self.y1 * s)
+        kps = None if self.keypoints is None else (self.keypoints * s).astype(np.float32)
+        return replace(self, x0=self.x0 * s, y0=self.y0 * s, x1=self.x1 * s, y1=self.y1 * s, keypoints=kps)
 
 
 def as_rgb_uint8(image) -> np.ndarray:
@@ -185,7 +195,7 @@ def detect_faces(image, detector: str = "auto", model_path=None, threshold: floa
         boxes = _detect_scrfd(rgb, path, thr)
     h, w = rgb.shape[:2]
     boxes = [FaceBox(float(max(b.x0, 0)), float(max(b.y0, 0)), float(min(b.x1, w)), float(min(b.y1, h)),
-                     float(b.score)) for b in boxes]
+                     float(b.score), b.keypoints) for b in boxes]
     boxes = [b for b in boxes if b.width > 1 and b.height > 1]
     return sorted(boxes, key=lambda b: -b.area)
 
@@ -308,7 +318,8 @@ def _detect_yunet(rgb: np.ndarray, path: Path, threshold: float) -> list[FaceBox
     _, faces = det.detect(img)
     if faces is None:
         return []
-    return [FaceBox(x / s, y / s, (x + bw) / s, (y + bh) / s, float(f[-1]))
+    # row: x, y, w, h, then 5 points (subject's right eye, left eye, nose tip, right and left mouth corner), score
+    return [FaceBox(x / s, y / s, (x + bw) / s, (y + bh) / s, float(f[-1]), f[4:14].reshape(5, 2) / np.float32(s))
             for f in faces for x, y, bw, bh in [f[:4]] if f[-1] >= threshold]
 
 
@@ -344,20 +355,23 @@ def _nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> list[int]:
     return keep
 
 
-def scrfd_decode(outputs: list[np.ndarray], input_size: int, threshold: float, nms_iou: float = 0.4):
-    """SCRFD head outputs -> (boxes [n, 4] x0 y0 x1 y1 in input pixels, scores [n]).
+def scrfd_decode(outputs: list[np.ndarray], input_size: int, threshold: float, nms_iou: float = 0.4,
+                 keypoints: bool = False):
+    """SCRFD head outputs -> (boxes [n, 4] x0 y0 x1 y1 in input pixels, scores [n]), and with
+    ``keypoints=True`` a third item: keypoints [n, 5, 2] (x, y in input pixels) or None for a model without.
 
     ``outputs``: per stride (8, 16, 32) a score map [N, 1], distances [N, 4] (in units of the
     stride: left, top, right, bottom from the anchor centre) and optionally keypoints [N, 10];
     N = (input_size / stride)**2 * anchors. Outputs are matched by shape, so their order does not
     matter (cv2.dnn may list them differently from onnxruntime). Same decoding as insightface's
-    ``SCRFD.forward``: anchor centres on a stride grid, 2 anchors per cell, NMS at IoU 0.4.
+    ``SCRFD.forward``: anchor centres on a stride grid, 2 anchors per cell, keypoints = centre +
+    offset * stride, NMS at IoU 0.4.
     """
     flat = [o.reshape(-1, o.shape[-1]) for o in outputs]
     by_n: dict[int, dict[int, np.ndarray]] = {}
     for o in flat:
         by_n.setdefault(o.shape[0], {})[o.shape[1]] = o
-    boxes, scores = [], []
+    boxes, scores, kps = [], [], []
     for stride in (8, 16, 32):
         g = input_size // stride
         for n, maps in by_n.items():
@@ -372,26 +386,36 @@ def scrfd_decode(outputs: list[np.ndarray], input_size: int, threshold: float, n
             c, d = centers[keep], dist[keep]
             boxes.append(np.concatenate([c - d[:, :2], c + d[:, 2:]], axis=1))
             scores.append(sc[keep])
+            if 10 in maps:
+                kps.append(c[:, None] + maps[10][keep].reshape(-1, 5, 2) * stride)
     if not boxes:
         raise EMOCheckpointError("this ONNX file does not look like SCRFD (no score/box outputs at strides "
                                  f"8/16/32 for a {input_size} px input); use {DETECTOR_FILES['scrfd'][0]}")
+    kps = np.concatenate(kps) if len(kps) == len(boxes) else None
     boxes, scores = np.concatenate(boxes), np.concatenate(scores)
     keep = _nms(boxes, scores, nms_iou)
-    return boxes[keep], scores[keep]
+    if not keypoints:
+        return boxes[keep], scores[keep]
+    return boxes[keep], scores[keep], None if kps is None else kps[keep]
 
 
 def _detect_scrfd(rgb: np.ndarray, path: Path, threshold: float, size: int = 640) -> list[FaceBox]:
     import cv2
     net = _scrfd(str(path), path.stat().st_mtime)
     h, w = rgb.shape[:2]
-    s = size / max(h, w)  # letterbox: keep aspect, pad right/bottom (as insightface does)
+    # letterbox exactly as insightface's SCRFD.detect (sizes truncated, bilinear, pad right/bottom), so the
+    # keypoints that align the face for ArcFace match Hallo's
+    ratio = h / w
+    nh, nw = (size, max(1, int(size / ratio))) if ratio > 1 else (max(1, int(size * ratio)), size)
+    s = nh / h
     canvas = np.zeros((size, size, 3), np.uint8)
-    canvas[:round(h * s), :round(w * s)] = cv2.resize(rgb, (round(w * s), round(h * s)), interpolation=cv2.INTER_AREA)
+    canvas[:nh, :nw] = cv2.resize(rgb, (nw, nh))
     blob = cv2.dnn.blobFromImage(canvas, 1 / 128.0, (size, size), (127.5, 127.5, 127.5), swapRB=False)
     net.setInput(blob)
     outs = net.forward(net.getUnconnectedOutLayersNames())
-    boxes, scores = scrfd_decode(list(outs), size, threshold)
-    return [FaceBox(*(b / s), float(sc)) for b, sc in zip(boxes, scores)]
+    boxes, scores, kps = scrfd_decode(list(outs), size, threshold, keypoints=True)
+    return [FaceBox(*(b / s), float(sc), None if kps is None else (kps[i] / s).astype(np.float32))
+            for i, (b, sc) in enumerate(zip(boxes, scores))]
 
 
 __all__ = ["FaceBox", "BUILTIN", "DETECTOR_FILES", "DEFAULT_THRESHOLD", "available_detectors",

@@ -83,9 +83,13 @@ def guidance_passes(audio_cfg: float, ref_cfg: float) -> list[tuple[_Pass, float
 
 
 class EMOPipeline:
-    def __init__(self, model: EMOModel):
+    def __init__(self, model: EMOModel, offload_idle: bool = False):
+        """offload_idle: keep modules that are idle during sampling in host memory (the audio encoder outside
+        `encode_audio`; ReferenceNet once the reference's features are made, when no motion frames need it), to
+        lower peak VRAM. For callers that manage devices themselves (ComfyUI does) leave it off."""
         self.model = model
         self.config = model.config
+        self.offload_idle = offload_idle
         self._cache = {}  # small per-pipeline tensors (index tables)
 
     @property
@@ -113,6 +117,21 @@ class EMOPipeline:
         f = frames_per_clip or cfg.frames_per_clip
         wave16 = mix_and_resample(waveform, sample_rate, 16000)
         enc = self.model.audio_encoder
+        if self.offload_idle:
+            enc.to(self.device)
+        try:
+            tokens = self._audio_tokens(enc, wave16, fps_q, num_frames, f)
+        finally:
+            if self.offload_idle:
+                enc.to("cpu")
+        n_pad = math.ceil(num_frames / f) * f if cfg.temporal_mode == "motion_frames" else num_frames
+        if tokens.shape[0] < n_pad:
+            tokens = torch.cat([tokens, tokens[-1:].expand(n_pad - tokens.shape[0], -1, -1)])
+        return EncodedAudio(tokens[:max(n_pad, num_frames)], num_frames, fps_q, waveform, sample_rate)
+
+    def _audio_tokens(self, enc, wave16, fps_q, num_frames, f):
+        """16 kHz mono [samples] -> audio tokens [>= num_frames, T, D] in the model's dtype, on the CPU."""
+        cfg = self.config
         if cfg.audio_encoder["kind"] == "whisper":
             feats = enc.features(wave16)
             tokens = enc.chunks(feats, float(fps_q), num_frames)
@@ -131,11 +150,7 @@ class EMOPipeline:
             m = cfg.audio_encoder.get("window", 2)
             tokens = torch.cat([proj(enc.window(feats, m, s, min(s + 256, feats.shape[0])).to(self.device, self.dtype)).cpu()
                                 for s in range(0, feats.shape[0], 256)])
-        tokens = tokens.to(self.dtype)
-        n_pad = math.ceil(num_frames / f) * f if cfg.temporal_mode == "motion_frames" else num_frames
-        if tokens.shape[0] < n_pad:
-            tokens = torch.cat([tokens, tokens[-1:].expand(n_pad - tokens.shape[0], -1, -1)])
-        return EncodedAudio(tokens[:max(n_pad, num_frames)], num_frames, fps_q, waveform, sample_rate)
+        return tokens.to(self.dtype)
 
     # ------------------------------------------------------------------ reference
     @torch.no_grad()
@@ -178,14 +193,15 @@ class EMOPipeline:
         return (out * self.config.vae_scale).to(self.dtype)
 
     def _decode_slice(self) -> int:
-        """Frames per VAE decode call: as many as fit in ~60 % of the free accelerator memory (a 512² frame takes
-        ~1.3 GB at 16-bit in diffusers' decoder, scaling with pixels and bytes per value); 8 on the CPU."""
+        """Frames per VAE decode call: up to 8 (enough to fill a GPU), fewer when ~60 % of the free accelerator
+        memory would not hold them (a 512² frame needs ~0.5 GB at 16-bit in diffusers' decoder, scaling with
+        pixels and bytes per value)."""
         dev = self.device
         if dev.type != "cuda":
             return 8
         free, _ = torch.cuda.mem_get_info(dev)
-        per_frame = 1.3e9 * (self.config.resolution / 512) ** 2 * self._vae().dtype.itemsize / 2
-        return max(1, min(32, int(0.6 * free / per_frame)))
+        per_frame = 0.5e9 * (self.config.resolution / 512) ** 2 * self._vae().dtype.itemsize / 2
+        return max(1, min(8, int(0.6 * free / per_frame)))
 
     def _decode(self, latents, keep_last: int = 0):
         """latents [n, 4, h, w] -> (frames [n, H, W, 3] float 0..1 on the CPU, the last `keep_last` frames as
@@ -225,12 +241,16 @@ class EMOPipeline:
         """ReferenceNet features of the reference, computed once per video: {path: [1, L, C]}. With Hallo's row
         tiling, two rows: the reference seen with the uncond tokens (row 0) and with row n+1's tokens."""
         key = (str(self.device), self.dtype, n_motion)
+        if key not in ref._cache or n_motion > 0:
+            self.model.reference_net.to(self.device)  # a no-op unless offloaded
         if key not in ref._cache:
             ref._cache.clear()
             latent = ref.latent.to(self.device, self.dtype)
             rows = [0, n_motion + 1] if self.config.hallo_identity_tiling else [n_motion + 1]
             bank = self.model.reference_net(latent.expand(len(rows), -1, -1, -1), self._row_tokens(ref, rows))
             ref._cache[key] = bank
+        if self.offload_idle and n_motion == 0:
+            self.model.reference_net.to("cpu")
         return ref._cache[key]
 
     def _ref_index(self, f: int, n_ref_passes: int):

@@ -2,9 +2,12 @@
 
 The picture is cropped around the face (square, at the model's resolution), animated, and by default pasted back
 into the picture at its own size; frames go to the mp4 writer as each clip finishes, so memory stays flat however
-long the track is.
+long the track is. Paste-back and encoding run on a worker thread while the next clip is sampled (at most one clip
+waits), so the accelerator does not idle during writing.
 """
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +27,7 @@ def render(model, image, audio, out, *, steps=None, seed=0, fps=None, audio_cfg=
     audio: path or (waveform [channels, samples], sample_rate); out: the .mp4 to write. framing: "full" pastes the
     animated face back into the picture, "crop" writes the square crop. progress(SampleProgress) is called per step.
     Returns a summary dict (frames, fps, seconds, size)."""
-    pipe = EMOPipeline(model)
+    pipe = EMOPipeline(model, offload_idle=model.device.type == "cuda")
     cfg = model.config
     picture = example_portrait() if isinstance(image, str) and image == "example" else (
         load_image(image) if isinstance(image, (str, Path)) else np.asarray(image))
@@ -37,16 +40,26 @@ def render(model, image, audio, out, *, steps=None, seed=0, fps=None, audio_cfg=
     enc_audio = pipe.encode_audio(wave, sr, fps, frames_per_clip)
     ref = pipe.encode_reference(torch.from_numpy(face).float() / 255, face_region_mask(info))
     match = None
-    with VideoWriter(out, enc_audio.fps, audio=wave, sample_rate=sr) as writer:
+
+    def emit(clip):  # on the worker thread, one clip after another
+        nonlocal match
+        if framing == "crop":
+            writer.write(clip)
+            return
+        if match is None:
+            match = fit_color_match(picture, clip[0], info)
+        writer.write(paste_back(picture, clip, info, color_match=match))
+
+    with VideoWriter(out, enc_audio.fps, audio=wave, sample_rate=sr) as writer, ThreadPoolExecutor(1) as worker:
+        pending = deque()
         for clip in pipe.sample(enc_audio, ref, steps=steps, seed=seed, audio_cfg=audio_cfg, ref_cfg=ref_cfg,
                                 speed=speed, frames_per_clip=frames_per_clip, motion_frames=motion_frames,
                                 callback=progress):
-            if framing == "crop":
-                writer.write(clip)
-                continue
-            if match is None:
-                match = fit_color_match(picture, clip[0], info)
-            writer.write(paste_back(picture, clip, info, color_match=match))
+            pending.append(worker.submit(emit, clip))
+            while len(pending) > 1:
+                pending.popleft().result()  # raises the worker's error, if any
+        while pending:
+            pending.popleft().result()
         frames = writer.frames_written
         size = writer.size
     return dict(frames=frames, fps=enc_audio.fps, seconds=time.perf_counter() - t0, size=size,

@@ -74,7 +74,9 @@ class VideoWriter:
             audio = _as_channels_samples(audio)
             if audio.shape[0] > 2:
                 audio = audio.mean(axis=0, keepdims=True)
-            self.audio, self.sample_rate = np.clip(audio, -1, 1), int(sample_rate)
+            if audio.size and (audio.min() < -1 or audio.max() > 1):
+                audio = np.clip(audio, -1, 1)  # a copy only when needed: the caller's array is never changed
+            self.audio, self.sample_rate = audio, int(sample_rate)
         self.crf = int(crf)
         parent = os.path.dirname(os.path.abspath(self.path))
         if not os.path.isdir(parent):

@@ -1,4 +1,6 @@
 """EMO Sampler: encoded audio + encoded reference -> IMAGE frames, clip by clip, with progress and Cancel."""
+import time
+
 import numpy as np
 import torch
 from PIL import Image
@@ -9,6 +11,7 @@ from ..emo_model.errors import EMOInputError, EMOInterrupted
 from .comfy_bridge import CATEGORY, EmoAudio, EmoModel, EmoReference, io, model_management
 
 PREVIEW_SIZE = 512  # px, longest side of the JPEG previews sent to the browser
+PREVIEW_EVERY = 0.5  # s: a preview copies latents to the host (a GPU sync), so at most two per second
 
 
 def latent_preview(latents: torch.Tensor) -> Image.Image | None:
@@ -85,12 +88,16 @@ class EMOSampler(io.ComfyNode):
         mf = None if motion_frames < 0 else motion_frames
         node_id = cls.hidden.unique_id if cls.hidden is not None else None
         bar = None
+        last_preview = -PREVIEW_EVERY
 
         def on_step(p):
-            nonlocal bar
+            nonlocal bar, last_preview
             if bar is None:
                 bar = comfy.utils.ProgressBar(p.total_steps, node_id=node_id)
-            preview = latent_preview(p.latents)
+            preview = None
+            if time.monotonic() - last_preview >= PREVIEW_EVERY or p.step == p.total_steps:
+                preview = latent_preview(p.latents)
+                last_preview = time.monotonic()
             # The server's progress hook raises InterruptProcessingException when the user pressed Cancel;
             # the explicit check covers runs without the hook. Either way the pipeline stops at this step.
             bar.update_absolute(p.step, p.total_steps, ("JPEG", preview, PREVIEW_SIZE) if preview else None)
@@ -99,15 +106,21 @@ class EMOSampler(io.ComfyNode):
         res = config.resolution
         clip_frames = fpc or config.frames_per_clip
         bundle.to_compute_device(memory_required=int(1.5e9 * (res / 512) ** 2 * clip_frames / 12))
-        clips = []
+        # Finished frames leave the GPU clip by clip into one preallocated IMAGE batch on ComfyUI's intermediate
+        # device: RAM holds the frames once (no list of clips plus a concatenated copy).
+        frames, done = None, 0
         try:
             for clip in bundle.pipeline.sample(encoded_audio, reference, steps=steps, seed=seed,
                                                audio_cfg=audio_cfg, ref_cfg=reference_cfg, speed=speed,
                                                frames_per_clip=fpc, motion_frames=mf, callback=on_step):
-                clips.append(clip.detach().to("cpu", torch.float32))
+                if frames is None:
+                    frames = torch.empty((encoded_audio.num_frames, *clip.shape[1:]), dtype=torch.float32,
+                                         device=model_management.intermediate_device())
+                frames[done:done + clip.shape[0]] = clip.clamp(0, 1)
+                done += clip.shape[0]
         except EMOInterrupted:
             raise model_management.InterruptProcessingException() from None
-        if not clips:
+        if not done:
             raise EMOInputError("EMO Sampler produced no frames: the encoded audio is empty")
-        frames = torch.cat(clips).clamp(0, 1).to(model_management.intermediate_device())
+        frames = frames[:done]
         return io.NodeOutput(frames, float(encoded_audio.fps))
