@@ -56,7 +56,7 @@ def detect_format(path) -> str:
             f"{p} is not a model this pack knows: expected an EMO native folder (config.json with format "
             f"'{NATIVE}'), Hallo's pretrained_models folder (hallo/net.pth) or an EchoMimic folder "
             "(denoising_unet.pth, reference_unet.pth, motion_module.pth, face_locator.pth)")
-    if p.name.endswith(("_unet.pth", "motion_module.pth", "face_locator.pth")) or p.name.startswith(("denoising_unet", "reference_unet")):
+    if p.suffix == ".pth" and p.name.startswith(("denoising_unet", "reference_unet", "motion_module", "face_locator")):
         return "echomimic"
     sd = load_tensors(p)
     from .hallo_format import is_hallo
@@ -110,7 +110,8 @@ def load_model(path, device="cpu", dtype=torch.float32, vae_path=None, audio_enc
     of its .pth files; an `_acc` file picks the accelerated set), or "tiny-random" (a tiny random model for trying
     things out: its output is noise). vae_path: a VAE folder/file, None to find the checkpoint's own, or False to
     load none (model.vae stays None: for latent-only use such as tests; attach a VAE before encoding or decoding).
-    accelerated (EchoMimic): True/False picks the `_acc`/standard set, None the standard one when present.
+    accelerated (EchoMimic): True/False picks the `_acc`/standard set, None the standard one when present (a picked
+    `_acc` file picks the accelerated set, a picked `_pose` file the landmark-driven set).
     Returns the model in eval mode."""
     if str(path) == "tiny-random":
         path = make_tiny(Path(tempfile.mkdtemp(prefix="emo-tiny-")))
@@ -121,9 +122,13 @@ def load_model(path, device="cpu", dtype=torch.float32, vae_path=None, audio_enc
     elif kind == "hallo":
         model = _load_hallo(p, vae_path, audio_encoder_path)
     else:
-        if accelerated is None and p.is_file():
-            accelerated = p.name.endswith("_acc.pth")
-        model = _load_echomimic(p if p.is_dir() else p.parent, vae_path, audio_encoder_path, accelerated)
+        pose = None
+        if p.is_file():
+            from .echomimic_format import echomimic_variant
+            variant = echomimic_variant(p)
+            pose = variant["pose"]
+            accelerated = variant["accelerated"] if accelerated is None else accelerated
+        model = _load_echomimic(p if p.is_dir() else p.parent, vae_path, audio_encoder_path, accelerated, pose)
     return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
 
@@ -236,11 +241,11 @@ def _load_hallo(p: Path, vae_path=None, audio_encoder_path=None) -> EMOModel:
     return model
 
 
-def _load_echomimic(folder: Path, vae_path=None, audio_encoder_path=None, accelerated=None) -> EMOModel:
+def _load_echomimic(folder: Path, vae_path=None, audio_encoder_path=None, accelerated=None, pose=None) -> EMOModel:
     from .echomimic_format import echomimic_config, find_echomimic_unet_config, load_echomimic_tensors
     vae_dir = None if vae_path is False else Path(vae_path) if vae_path else _find(
         folder, ["sd-vae-ft-mse"], "sd-vae-ft-mse", "put sd-vae-ft-mse (diffusers layout) beside the model files")
-    files, sds = load_echomimic_tensors(folder, accelerated)
+    files, sds = load_echomimic_tensors(folder, accelerated, pose)
     acc = files["denoising_unet"].name.endswith("_acc.pth")
     den = {**sds["denoising_unet"], **sds["motion_module"]}
     config = echomimic_config(den, sds["face_locator"], find_echomimic_unet_config(folder), acc)

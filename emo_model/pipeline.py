@@ -154,11 +154,21 @@ class EMOPipeline:
 
     # ------------------------------------------------------------------ reference
     @torch.no_grad()
-    def encode_reference(self, image, face_mask, identity_embedding=None) -> EncodedReference:
+    def encode_reference(self, image, face_mask, identity_embedding=None, locator_frames=None) -> EncodedReference:
         """image: [H, W, 3] float 0..1 (the square face crop; resized to the model's resolution if needed);
         face_mask: [H, W] 0..1, the face-region box (union over the clip). identity_embedding: [512] face embedding
-        for Hallo's identity tokens, or None (Hallo then uses a zero embedding, as its own script does without a face)."""
+        for Hallo's identity tokens, or None (Hallo then uses a zero embedding, as its own script does without a face).
+        locator_frames: [L, H, W, 3] float 0..1, one drawing per video frame for a face locator driven by pose
+        images (EchoMimic's `_pose` sets; `pose_frames.load_pose_frames` reads them); frame i drives video frame i."""
         res = self.config.resolution
+        pose = self.config.locator_input == "pose"
+        if pose and locator_frames is None:
+            raise EMOInputError("this is EchoMimic's pose-driven model: it needs pose frames (EchoMimic's pose folder "
+                                "of per-frame landmark .pkl files, or a video / IMAGE batch of drawn landmarks). Give "
+                                "them, or load the audio-driven files (denoising_unet.pth ...) instead")
+        if not pose and locator_frames is not None:
+            raise EMOInputError("pose frames were given, but this model's face locator takes the face box, not pose "
+                                "drawings: remove them, or load EchoMimic's _pose files")
         image = torch.as_tensor(np.asarray(image) if not torch.is_tensor(image) else image, dtype=torch.float32)
         if image.ndim != 3 or image.shape[-1] != 3:
             raise EMOInputError(f"the reference must be an RGB image [H, W, 3], got shape {tuple(image.shape)}")
@@ -175,6 +185,14 @@ class EMOPipeline:
         latent = self._vae_encode(img)
         c = self.model.face_locator.in_channels
         locator = mask.expand(1, c, res, res)[:, :, None]
+        if pose:  # kept as uint8 [1, 3, L, res, res] on the CPU (0.75 MB a frame at 512²), made float per window
+            frames = torch.as_tensor(np.asarray(locator_frames) if not torch.is_tensor(locator_frames) else locator_frames)
+            if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] < 1:
+                raise EMOInputError(f"pose frames must be [frames, H, W, 3], got shape {tuple(frames.shape)}")
+            frames = rearrange(frames.float(), "l h w c -> l c h w")
+            if frames.shape[-2:] != (res, res):
+                frames = F.interpolate(frames, size=(res, res), mode="bilinear", align_corners=False)
+            locator = rearrange((frames.clamp(0, 1) * 255).round().to(torch.uint8), "l c h w -> 1 c l h w")
         masks = None
         if self.config.audio_attention and self.config.audio_attention.get("regions"):
             masks = region_masks(mask[0, 0].numpy(), self.config.latent_size)
@@ -268,9 +286,9 @@ class EMOPipeline:
     def _face_features(self, ref: EncodedReference, frames=None):
         """Face-locator features [1, C, 1 or f, h, w]. A static face mask: computed once per video (cached).
         Per-frame locator images (EchoMimic's pose set, `ref.locator_mask` [1, c, L, H, W]): frames `frames`."""
-        if ref.locator_mask.shape[2] > 1:
+        if ref.locator_mask.dtype == torch.uint8:  # per-frame drawings
             sel = ref.locator_mask[:, :, frames] if frames is not None else ref.locator_mask
-            return self.model.face_locator(sel.to(self.device, self.dtype))
+            return self.model.face_locator(sel.to(self.device).to(self.dtype) / 255)
         key = ("face", str(self.device), self.dtype)
         if key not in ref._cache:
             ref._cache[key] = self.model.face_locator(ref.locator_mask.to(self.device, self.dtype))
@@ -422,7 +440,11 @@ class EMOPipeline:
         Yields the decoded video in chunks of f frames [f, H, W, 3]."""
         cfg = self.config
         L, s = audio.num_frames, cfg.latent_size
-        schedule = [context_windows(L, f, overlap, i) for i in range(steps)]  # checks the settings before any work
+        schedule = [context_windows(L, f, overlap, i, cfg.window_shift) for i in range(steps)]  # checks the settings
+        if ref.locator_mask.dtype == torch.uint8 and ref.locator_mask.shape[2] < L:
+            raise EMOInputError(f"there are {ref.locator_mask.shape[2]} pose frames for {L} video frames of audio: "
+                                "give at least as many pose frames as video frames (extra ones are ignored), or "
+                                "shorten the audio")
         if min(f, L) > cfg.temporal["max_len"]:
             raise EMOInputError(f"windows of {min(f, L)} frames exceed the temporal modules' {cfg.temporal['max_len']} "
                                 "positions: lower frames per clip")
@@ -437,7 +459,7 @@ class EMOPipeline:
         weights = torch.tensor([w for _, w in passes], dtype=self.dtype).view(-1, 1, 1, 1, 1).to(self.device)
         # Everything indexed per window is made before the loop: no host->device copy inside it.
         tokens_all = audio.tokens[:L].to(self.device, self.dtype)                       # [L, T, D]
-        index = [[torch.tensor(w).to(self.device) for w in windows] for windows in schedule]
+        index = [[(torch.tensor(w), torch.tensor(w).to(self.device)) for w in windows] for windows in schedule]
         counts = []
         for windows in schedule:
             c = torch.zeros(L)
@@ -446,9 +468,9 @@ class EMOPipeline:
             counts.append(c.to(self.device, self.dtype).view(1, 1, -1, 1, 1))
         for i, t in enumerate(sched.timesteps):
             pred = torch.zeros_like(latents)
-            for idx in index[i]:
+            for cpu_idx, idx in index[i]:
                 ctx, ehs = self._conditions(ref, tokens_all[idx], passes, idx.shape[0], ref_bank, None, (1.0, 1.0, 1.0),
-                                            None, frames=idx)
+                                            None, frames=cpu_idx)
                 x = sched.scale_model_input(latents[:, :, idx], t).expand(len(passes), -1, -1, -1, -1)
                 out = self.model.backbone(x, t_dev[i], ehs, ctx)
                 pred.index_add_(2, idx, (out * weights).sum(0, keepdim=True))
@@ -460,11 +482,12 @@ class EMOPipeline:
             yield self._vae_decode(frames[s0:s0 + f])
 
 
-def context_windows(length: int, size: int, overlap: int, step: int = 0) -> list[list[int]]:
+def context_windows(length: int, size: int, overlap: int, step: int = 0, shift: int = 2) -> list[list[int]]:
     """EchoMimic's context windows at denoising step `step` (AnimateDiff's "uniform" schedule, closed loop, stride
     1): the latent-frame indices of each window, [n_windows][min(size, length)]. At step 0 the windows start at 0,
     size - overlap, 2 (size - overlap), ... while start < length, each wrapping modulo length (one window of all
-    frames when length <= size); at step i every index is shifted by 2 i modulo length (a single window rotates too)."""
+    frames when length <= size); at step i every index is shifted by shift * i modulo length (a single window
+    rotates too). EchoMimic's audio-driven sets shift 2 frames a step, its pose sets 3."""
     if length < 1 or size < 1:
         raise EMOInputError(f"context windows need at least one frame and a window of at least one frame "
                             f"(got {length} frames, window {size})")
@@ -475,4 +498,4 @@ def context_windows(length: int, size: int, overlap: int, step: int = 0) -> list
         windows = [list(range(length))]
     else:
         windows = [[(s + j) % length for j in range(size)] for s in range(0, length, size - overlap)]
-    return [[(j + 2 * step) % length for j in w] for w in windows]
+    return [[(j + shift * step) % length for j in w] for w in windows]

@@ -1,5 +1,8 @@
-"""wav2vec2 audio encoder + audio projection: parity with Hallo's audio path (hallo-tiny fixture), chunking, layout."""
+"""wav2vec2 audio encoder + audio projection: parity with Hallo's audio path (hallo-tiny fixture), chunking, layout.
+The parity tests read the set's values (fps, padding clip length, frame counts, wav2vec and projection sizes) from its
+fixture_meta.json, tiny_inference_config.json and wav2vec config.json, so any set made the same way can be checked."""
 
+import json
 import math
 
 import pytest
@@ -17,8 +20,14 @@ TOL = dict(atol=1e-4, rtol=1e-4)  # the fixture README's suggestion for an indep
 def hallo(fixtures):
     root = fixtures / "hallo-tiny"
     net = torch.load(root / "net.pth", map_location="cpu", weights_only=True)
+    icfg = json.loads((root / "tiny_inference_config.json").read_text())
     return dict(
         root=root,
+        meta=json.loads((root / "fixture_meta.json").read_text()),
+        fps=icfg["data"]["export_video"]["fps"],
+        clip=icfg["data"]["n_sample_frames"],  # Hallo pads the audio to whole clips of this many frames
+        proj_cfg=icfg["audio_proj"],
+        w2v=json.loads((root / "wav2vec" / "wav2vec2-base-960h" / "config.json").read_text()),
         data=load_file(str(root / "audio.safetensors")),
         encoder=Wav2VecAudioEncoder.from_folder(root / "wav2vec" / "wav2vec2-base-960h"),
         audioproj={k[len("audioproj."):]: v for k, v in net.items() if k.startswith("audioproj.")},
@@ -52,10 +61,11 @@ def test_positional_conv_weight_norm_loaded_exactly(hallo):
 
 
 def test_hallo_audio_steps(hallo):
-    enc, d = hallo["encoder"], hallo["data"]
-    assert enc.frame_count(d["waveform"].numel(), 25) == d["audio_length"].item() == 50
-    values, frames = enc.prepare(d["waveform"], fps=25, pad_multiple=16)
-    assert frames == 64 and values.shape == d["input_values"].shape
+    enc, d, meta, fps, clip = hallo["encoder"], hallo["data"], hallo["meta"], hallo["fps"], hallo["clip"]
+    assert meta["clip_length_for_audio_padding"] == clip
+    assert enc.frame_count(d["waveform"].numel(), fps) == d["audio_length"].item() == meta["audio_length"]
+    values, frames = enc.prepare(d["waveform"], fps=fps, pad_multiple=clip)
+    assert frames == meta["audio_seq_len_padded"] and values.shape == d["input_values"].shape
     torch.testing.assert_close(values, d["input_values"], **TOL)
 
     cnn = enc.cnn_features(d["input_values"][None])
@@ -68,18 +78,20 @@ def test_hallo_audio_steps(hallo):
 
 
 def test_hallo_encode_window_project(hallo):
-    enc, d = hallo["encoder"], hallo["data"]
-    feats = enc.encode(d["waveform"], fps=25, pad_multiple=16)
-    assert feats.shape == (64, 2, 32)
+    enc, d, meta, fps, clip, pc = hallo["encoder"], hallo["data"], hallo["meta"], hallo["fps"], hallo["clip"], hallo["proj_cfg"]
+    L, layers, width = meta["audio_seq_len_padded"], hallo["w2v"]["num_hidden_layers"], hallo["w2v"]["hidden_size"]
+    feats = enc.encode(d["waveform"], fps=fps, pad_multiple=clip)
+    assert feats.shape == (L, layers, width)
     torch.testing.assert_close(feats, d["hidden_states_all"], **TOL)
 
     windows = enc.window(feats, m=2)
     torch.testing.assert_close(windows, d["audio_windows"], **TOL)
 
     proj = AudioProjection.from_state_dict(hallo["audioproj"], blocks=enc.num_layers)
-    assert (proj.seq_len, proj.blocks, proj.channels, proj.context_tokens, proj.output_dim) == (5, 2, 32, 32, 48)
+    assert (proj.seq_len, proj.blocks, proj.channels, proj.context_tokens, proj.output_dim) == (
+        pc["seq_len"], pc["blocks"], pc["channels"], pc["context_tokens"], pc["output_dim"])
     with torch.no_grad():
-        tokens = torch.cat([proj(d["audio_windows"][i:i + 16][None])[0] for i in range(0, 64, 16)])  # per clip
+        tokens = torch.cat([proj(d["audio_windows"][i:i + clip][None])[0] for i in range(0, L, clip)])  # per clip
         torch.testing.assert_close(tokens, d["audio_tokens"], **TOL)
         torch.testing.assert_close(proj(windows), d["audio_tokens"], **TOL)
 
@@ -105,13 +117,14 @@ def test_bin_weights_and_folder_errors(hallo, tmp_path):
 # ---------------------------------------------------------------- chunking
 
 def test_single_chunk_is_hallo_bit_for_bit(hallo):
-    enc, d = hallo["encoder"], hallo["data"]
-    reference = enc(d["input_values"][None], 64)[0]  # Hallo's procedure on the fixture's exact model input
-    values, frames = enc.prepare(d["waveform"], 25, 16)
-    assert torch.equal(enc(values[None], frames)[0], enc.encode(d["waveform"], 25, 16))
+    enc, d, fps, clip = hallo["encoder"], hallo["data"], hallo["fps"], hallo["clip"]
+    L = hallo["meta"]["audio_seq_len_padded"]
+    reference = enc(d["input_values"][None], L)[0]  # Hallo's procedure on the fixture's exact model input
+    values, frames = enc.prepare(d["waveform"], fps, clip)
+    assert torch.equal(enc(values[None], frames)[0], enc.encode(d["waveform"], fps, clip))
     # one chunk exactly as long as the track takes the same path
-    assert torch.equal(enc.encode(d["waveform"], 25, 16, chunk_seconds=64 / 25), enc.encode(d["waveform"], 25, 16))
-    torch.testing.assert_close(enc.encode(d["waveform"], 25, 16), reference, **TOL)
+    assert torch.equal(enc.encode(d["waveform"], fps, clip, chunk_seconds=L / fps), enc.encode(d["waveform"], fps, clip))
+    torch.testing.assert_close(enc.encode(d["waveform"], fps, clip), reference, **TOL)
 
 
 def test_chunked_locality(tiny):
@@ -197,18 +210,21 @@ def test_shape_errors(tiny, hallo):
     with pytest.raises(EMOInputError, match="frames, layers, dim"):
         tiny.window(torch.zeros(10, 32))
 
+    pc = hallo["proj_cfg"]
+    n, layers, width = pc["seq_len"], pc["blocks"], pc["channels"]
     proj = AudioProjection.from_state_dict(hallo["audioproj"])  # no hint: the (layer, channel) split is unknown
-    assert proj.blocks is None and proj.channels is None and proj.input_dim == 5 * 2 * 32
-    assert proj(torch.zeros(3, 5, 2, 32)).shape == (3, 32, 48)
-    strict = AudioProjection.from_state_dict(hallo["audioproj"], channels=32)
-    assert strict.blocks == 2
+    assert proj.blocks is None and proj.channels is None and proj.input_dim == n * layers * width
+    assert proj(torch.zeros(3, n, layers, width)).shape == (3, pc["context_tokens"], pc["output_dim"])
+    strict = AudioProjection.from_state_dict(hallo["audioproj"], channels=width)
+    assert strict.blocks == layers and layers > 1
     with pytest.raises(EMOInputError, match="do not fit"):
-        strict(torch.zeros(3, 5, 1, 64))
+        strict(torch.zeros(3, n, 1, layers * width))  # same size, other (layer, channel) split
     with pytest.raises(EMOInputError, match="do not fit"):
-        proj(torch.zeros(3, 5, 2, 31))
+        proj(torch.zeros(3, n, layers, width - 1))
     with pytest.raises(EMOInputError, match="frames, window, layers, dim"):
-        proj(torch.zeros(5, 2, 32))
+        proj(torch.zeros(n, layers, width))
     with pytest.raises(EMOCheckpointError, match="lack"):
         AudioProjection.from_state_dict({k: v for k, v in hallo["audioproj"].items() if k != "proj3.bias"})
     with pytest.raises(EMOCheckpointError, match="do not fit together"):
-        AudioProjection.from_state_dict(hallo["audioproj"], blocks=3)
+        bad = next(b for b in range(layers + 1, 10 * layers * width) if (layers * width) % b)  # no whole channel count
+        AudioProjection.from_state_dict(hallo["audioproj"], blocks=bad)

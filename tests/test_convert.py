@@ -42,6 +42,7 @@ def _outputs(name, folder, model) -> dict:
     """Backbone output (both CFG halves, conditions built by the pipeline) on the fixture's unet_forward inputs, and
     the audio tokens of the fixture's waveform."""
     pipe = EMOPipeline(model)
+    meta = json.loads((folder / "fixture_meta.json").read_text())  # the set's own values (another set may differ)
     d = load_file(folder / "unet_forward.safetensors")
     audio = load_file(folder / "audio.safetensors")
     passes = guidance_passes(model.config.audio_cfg, model.config.ref_cfg)
@@ -50,15 +51,16 @@ def _outputs(name, folder, model) -> dict:
             masks = [[d[f"{r}_mask.{i}"] for i in range(4)] for r in ("full", "face", "lip")]
             ref = EncodedReference(image=None, latent=d["ref_latent"], locator_mask=d["face_region"][None, :, None],
                                    masks=masks, identity_embedding=d["face_emb"])
-            ctx, ehs = pipe.clip_conditions(ref, d["audio_tokens"][0], passes, pipe._reference_bank(ref, 2),
-                                            d["motion_latents"])
-            fps = 25
+            n = meta["n_motion_frames"]
+            ctx, ehs = pipe.clip_conditions(ref, d["audio_tokens"][0], passes, pipe._reference_bank(ref, n),
+                                            d["motion_latents"], tuple(meta["motion_scale"]))
+            fps = 25  # Hallo's script encodes audio at its fixed 25 fps
         else:
             ref = EncodedReference(image=None, latent=d["ref_latent"], locator_mask=d["face_mask"])
             tokens = d["audio_tokens"][0]
             ctx, ehs = pipe._conditions(ref, tokens, passes, tokens.shape[0], pipe._reference_bank(ref, 0), None,
                                         (1.0, 1.0, 1.0), None)
-            fps = 24
+            fps = meta["fps"]
         x = d["noisy_latents"].expand(len(passes), -1, -1, -1, -1)
         out = model.backbone(x, d["timestep"][0], ehs, ctx)
         tokens = pipe.encode_audio(audio["waveform"], 16000, fps).tokens

@@ -6,8 +6,11 @@ outputs and latents atol 1e-4 + rtol 1e-4. Measured on CPU float32 (max abs diff
 2.8e-6, single forward 2.7e-6 (cond, uncond; no-CFG 1.6e-6), guided 5.8e-6; sampling: per-window outputs 2.5e-6,
 guided predictions 7.3e-6, latents after each step and final 5.8e-6; initial noise exact.
 The fixture has no VAE: the model is loaded with vae_path=False and the decode is replaced by the identity, as the
-fixture's own run did.
+fixture's own run did. Every value of the set (sizes, fps, CFG, steps, seed, context windows, video length) is read from
+its fixture_meta.json, tiny_inference_config.json and unet/config.json, so any set made the same way can be checked;
+the loader's defaults that are EchoMimic's own (30 steps, CFG 2.5, windows 12 / 3) are checked as such.
 """
+import json
 import shutil
 from fractions import Fraction
 
@@ -42,6 +45,16 @@ def model(em):
     return load_model(em, vae_path=False)
 
 
+@pytest.fixture(scope="module")
+def meta(em):
+    return json.loads((em / "fixture_meta.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def icfg(em):
+    return json.loads((em / "tiny_inference_config.json").read_text())
+
+
 def _close(ours, ref, name, atol=ATOL, rtol=RTOL):
     ours = ours.float().cpu()
     diff = (ours - ref).abs().max().item()
@@ -60,7 +73,7 @@ def _forward(model, data, audio_cfg, ref_cfg):
     pipe = EMOPipeline(model)
     ref = _reference(data["ref_latent"], data["face_mask"])
     passes = guidance_passes(audio_cfg, ref_cfg)
-    tokens = data["audio_tokens"][0]  # [f, 50, 48]
+    tokens = data["audio_tokens"][0]  # [f, 10 x levels, width]
     with torch.no_grad():
         ctx, ehs = pipe._conditions(ref, tokens, passes, tokens.shape[0], pipe._reference_bank(ref, 0), None,
                                     (1.0, 1.0, 1.0), None)
@@ -82,14 +95,20 @@ def _copy_set(src, dst, rename=None, skip=()):
 
 
 # ---------------------------------------------------------------------------------------------- loader
-def test_loader_reads_the_tiny_config(model, em):
+def test_loader_reads_the_tiny_config(model, em, icfg):
     cfg = model.config
     assert cfg.kind == "echomimic" and cfg.temporal_mode == "context_windows"
-    assert cfg.unet["cross_attention_dim"] == 48  # from attn2.to_k, not config.json's 64
-    assert cfg.unet["block_out_channels"] == [32, 32, 32, 32] and cfg.unet["norm_num_groups"] == 8
-    assert cfg.resolution == 128 and cfg.latent_size == 16
-    assert (cfg.steps, cfg.audio_cfg, cfg.ref_cfg) == (30, 2.5, 2.5)
-    assert model.vae is None and model.audio_encoder.width == 48
+    ucfg = json.loads((em / "sd-image-variations-diffusers" / "unet" / "config.json").read_text())
+    # the denoising UNet's cross-attention width comes from attn2.to_k (= whisper width), not config.json's value
+    assert cfg.unet["cross_attention_dim"] == icfg["unet_additional_kwargs"]["cross_attention_dim"]
+    for key in ("block_out_channels", "layers_per_block", "attention_head_dim", "norm_num_groups"):
+        assert cfg.unet[key] == ucfg[key], key
+    assert cfg.resolution == 8 * ucfg["sample_size"] and cfg.latent_size == ucfg["sample_size"]
+    mm = icfg["unet_additional_kwargs"]["motion_module_kwargs"]
+    assert cfg.temporal["max_len"] == mm["temporal_position_encoding_max_len"]
+    # EchoMimic's own defaults (infer_audio2vid.py, inference_v2.yaml), set by the loader
+    assert (cfg.steps, cfg.audio_cfg, cfg.ref_cfg, cfg.frames_per_clip, cfg.motion_frames) == (30, 2.5, 2.5, 12, 3)
+    assert model.vae is None and model.audio_encoder.width == icfg["whisper_dims"]["n_audio_state"]
     assert echomimic_files(em)["denoising_unet"].name == "denoising_unet.pth"
 
 
@@ -108,9 +127,10 @@ def test_reference_net_bank(model, em):
         _close(bank[key[len("bank."):]], inter[key], key)
 
 
-def test_unet_forward_with_cfg(model, em):
+def test_unet_forward_with_cfg(model, em, meta):
     data = load_file(em / "unet_forward.safetensors")
-    out, passes = _forward(model, data, 2.5, 2.5)
+    assert data["timestep"].tolist() == [meta["timestep_single_forward"]]
+    out, passes = _forward(model, data, meta["cfg"], meta["cfg"])
     order = [p for p, _ in passes]
     assert order == [UNCOND, FULL]  # EchoMimic's single scale: two passes, no reference-only pass
     weights = torch.tensor([w for _, w in passes]).view(-1, 1, 1, 1, 1)
@@ -120,67 +140,78 @@ def test_unet_forward_with_cfg(model, em):
 
 
 # ---------------------------------------------------------------------------------------------- sampling
-def test_context_windows_match_the_official_schedule(em):
+def test_context_windows_match_the_official_schedule(em, meta):
     data = load_file(em / "sampling.safetensors")
     step0 = data["context_windows_step0"]
-    assert context_windows(16, 12, 3) == step0.tolist()
+    L, size, overlap = meta["sampling_video_length_used"], meta["context_frames"], meta["context_overlap"]
+    assert context_windows(L, size, overlap) == step0.tolist()
     for i in range(4):
-        assert context_windows(16, 12, 3, step=i) == ((step0 + 2 * i) % 16).tolist()
+        assert context_windows(L, size, overlap, step=i) == ((step0 + 2 * i) % L).tolist()
     assert context_windows(5, 12, 3, step=1) == [[2, 3, 4, 0, 1]]  # one window, still rotated
     with pytest.raises(EMOInputError, match="overlap"):
-        context_windows(16, 12, 12)
+        context_windows(L, size, size)
 
 
-def test_window_settings_are_checked(model, em):
+def test_window_settings_are_checked(model, em, meta):
     data = load_file(em / "sampling.safetensors")
     pipe = EMOPipeline(model)
-    tokens = data["audio_tokens_all"][0].repeat(3, 1, 1)  # 48 frames
-    audio = EncodedAudio(tokens, 48, Fraction(24), torch.zeros(1, 320), 16000)
+    too_long = model.config.temporal["max_len"] + 8  # a window longer than the temporal position table
+    tokens = data["audio_tokens_all"][0]
+    tokens = tokens.repeat(too_long // tokens.shape[0] + 1, 1, 1)  # a video longer than that window
+    audio = EncodedAudio(tokens, tokens.shape[0], Fraction(meta["fps"]), torch.zeros(1, 320), 16000)
     ref = _reference(data["ref_latent"], data["face_mask"])
-    with pytest.raises(EMOInputError, match="overlap"):
-        next(pipe.sample(audio, ref, steps=1, motion_frames=12))
+    with pytest.raises(EMOInputError, match="overlap"):  # overlap = the default window (12)
+        next(pipe.sample(audio, ref, steps=1, motion_frames=model.config.frames_per_clip))
     with pytest.raises(EMOInputError, match="positions"):
-        next(pipe.sample(audio, ref, steps=1, frames_per_clip=40, motion_frames=3))
+        next(pipe.sample(audio, ref, steps=1, frames_per_clip=too_long, motion_frames=3))
 
 
-def test_sampling_run(model, em, monkeypatch):
-    """The pipeline's own window sampler (sample() with the checkpoint's defaults: 12 / 3 windows, CFG 2.5),
-    3 DDIM steps, seed 420, on the fixture's audio tokens; the VAE decode is the identity."""
+def test_sampling_run(model, em, meta, monkeypatch):
+    """The pipeline's own window sampler (sample() with the set's windows, CFG, steps and seed) on the fixture's audio
+    tokens; the VAE decode is the identity."""
     data = load_file(em / "sampling.safetensors")
     L = data["audio_tokens_all"].shape[1]
+    assert L == meta["sampling_video_length_used"]
+    steps, size, overlap, cfg = meta["sampling_steps"], meta["context_frames"], meta["context_overlap"], meta["cfg"]
+    # the frame size is a run setting in EchoMimic (-W/-H); the set's is in its meta
+    monkeypatch.setattr(model.config, "resolution", meta["pixel_hw"])
     pipe = EMOPipeline(model)
     pipe._vae_decode = lambda latents: latents  # stand-in decode: [n, 4, h, w] latents come out as they are
-    audio = EncodedAudio(data["audio_tokens_all"][0], L, Fraction(24), torch.zeros(1, 320), 16000)
+    audio = EncodedAudio(data["audio_tokens_all"][0], L, Fraction(meta["fps"]), torch.zeros(1, 320), 16000)
     ref = _reference(data["ref_latent"], data["face_mask"])
 
-    calls, steps, after = [], [], []
+    calls, steps_seen, after = [], [], []
     hook = model.backbone.register_forward_hook(lambda m, args, out: calls.append((args[0].clone(), out.clone())))
     step = DDIMScheduler.step
 
     def recording_step(self, model_output, timestep, sample, *args, **kwargs):
-        steps.append((int(timestep), model_output.clone()))
+        steps_seen.append((int(timestep), model_output.clone()))
         return step(self, model_output, timestep, sample, *args, **kwargs)
 
     monkeypatch.setattr(DDIMScheduler, "step", recording_step)
     try:
-        chunks = list(pipe.sample(audio, ref, steps=3, seed=420, callback=lambda p: after.append(p.latents.clone())))
+        chunks = list(pipe.sample(audio, ref, steps=steps, seed=meta["generator_seed"], audio_cfg=cfg, ref_cfg=cfg,
+                                  frames_per_clip=size, motion_frames=overlap,
+                                  callback=lambda p: after.append(p.latents.clone())))
     finally:
         hook.remove()
 
-    assert [t for t, _ in steps] == data["timesteps"].tolist()
-    assert len(calls) == 3 * 2  # 3 steps x 2 windows, each window one batch of both guidance passes
-    x0 = calls[0][0][:1]  # first window of step 0: init latents of frames 0..11
-    _close(x0, data["init_latents"][:, :, :12], "init_latents (window 0)", atol=0, rtol=0)
-    order = [p for p, _ in guidance_passes(2.5, 2.5)]
-    for j in range(2):
+    assert [t for t, _ in steps_seen] == data["timesteps"].tolist() == meta["sampling_timesteps"]
+    windows = context_windows(L, size, overlap, 0)
+    assert windows == data["context_windows_step0"].tolist()
+    assert len(calls) == steps * len(windows)  # each window one batch of all guidance passes
+    x0 = calls[0][0][:1]  # first window of step 0: the init latents of its frames
+    _close(x0, data["init_latents"][:, :, windows[0]], "init_latents (window 0)", atol=0, rtol=0)
+    order = [p for p, _ in guidance_passes(cfg, cfg)]
+    for j in range(len(windows)):
         frames = data[f"step0.window{j}.frames"]
-        assert context_windows(L, 12, 3, 0)[j] == frames.tolist()
+        assert windows[j] == frames.tolist()
         _close(calls[j][0][:1], data["init_latents"][:, :, frames], f"step0.window{j} input")
         out = calls[j][1]
         _close(out[order.index(UNCOND)][None], data[f"step0.window{j}.model_out_uncond"], f"step0.window{j} uncond")
         _close(out[order.index(FULL)][None], data[f"step0.window{j}.model_out_cond"], f"step0.window{j} cond")
-    for i in range(3):
-        _close(steps[i][1], data[f"step{i}.guided_model_out"], f"step{i}.guided_model_out")
+    for i in range(steps):
+        _close(steps_seen[i][1], data[f"step{i}.guided_model_out"], f"step{i}.guided_model_out")
         _close(after[i], data[f"step{i}.latents_after"], f"step{i}.latents_after")
     final = torch.cat(chunks).permute(1, 0, 2, 3)[None]  # [f, 4, h, w] chunks -> [1, 4, L, h, w]
     _close(final, data["final_latents"], "final_latents")

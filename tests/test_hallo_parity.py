@@ -1,8 +1,14 @@
 """Hallo parity: our implementation, loaded from the fixture's net.pth through the real loader, against outputs of
-Hallo's original code (../shared/fixtures/hallo-tiny, see its README). float32, CPU.
-Tolerance: atol 1e-4 + rtol 1e-4 on UNet outputs and latents (the README's suggestion; measured diffs ~1e-5)."""
+Hallo's original code (`hallo-tiny` under $EMO_FIXTURES, see its README). float32, CPU.
+Every value of the set (seeds, clip length, motion frames, steps, CFG, motion_scale, model sizes) is read from the
+set's own files (fixture_meta.json, tiny_inference_config.json, scheduler_config.json, unet/config.json), so any set
+made the same way can be checked. Tolerance: atol 1e-4 + rtol 1e-4 on UNet outputs and latents, atol 1e-5 on the
+face locator (the README's suggestion; measured diffs ~1e-5)."""
+import json
+
 import pytest
 import torch
+from diffusers import DDIMScheduler
 from safetensors.torch import load_file
 
 from emo_model import EMOPipeline, EncodedReference, load_model
@@ -11,11 +17,25 @@ from emo_model.pipeline import guidance_passes
 TOL = dict(atol=1e-4, rtol=1e-4)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny tensors: on a busy 2-core machine extra threads cost more than they give."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def hallo(fixtures):
     folder = fixtures / "hallo-tiny"
     model = load_model(folder / "net.pth", vae_path=False)  # the fixture ships no VAE; VAE is out of its scope
     return folder, model, EMOPipeline(model)
+
+
+@pytest.fixture(scope="module")
+def meta(hallo):
+    return json.loads((hallo[0] / "fixture_meta.json").read_text())
 
 
 def _reference(d, latent):
@@ -30,12 +50,25 @@ def _close(a, b):
 
 
 def test_recognised_and_configured(hallo):
-    _, model, _ = hallo
+    folder, model, _ = hallo
     assert model.kind == "hallo"
     cfg = model.config
+    # Hallo's inference defaults (configs/inference/default.yaml): set by the loader, not read from the set
     assert (cfg.frames_per_clip, cfg.motion_frames, cfg.steps, cfg.audio_cfg) == (16, 2, 40, 3.5)
-    assert cfg.scheduler["prediction_type"] == "v_prediction" and cfg.scheduler["timestep_spacing"] == "trailing"
-    assert cfg.scheduler["rescale_betas_zero_snr"] is True
+    # the scheduler the set's pipeline used (scheduler_config.json) is the one the loader sets
+    sched = json.loads((folder / "scheduler_config.json").read_text())
+    for key in ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "clip_sample", "steps_offset",
+                "prediction_type", "rescale_betas_zero_snr", "timestep_spacing", "set_alpha_to_one"):
+        assert cfg.scheduler[key] == sched[key], key
+    # sizes: the loader reads them from the tensors and from stable-diffusion-v1-5/unet/config.json
+    ucfg = json.loads((folder / "stable-diffusion-v1-5" / "unet" / "config.json").read_text())
+    for key in ("block_out_channels", "layers_per_block", "attention_head_dim", "norm_num_groups", "cross_attention_dim"):
+        assert cfg.unet[key] == ucfg[key], key
+    icfg = json.loads((folder / "tiny_inference_config.json").read_text())
+    assert cfg.audio_attention["audio_dim"] == icfg["unet_additional_kwargs"]["audio_attention_dim"]
+    assert cfg.temporal["max_len"] == icfg["unet_additional_kwargs"]["motion_module_kwargs"]["temporal_position_encoding_max_len"]
+    assert cfg.audio_projection["context_tokens"] == icfg["audio_proj"]["context_tokens"]
+    assert cfg.identity["tokens"] == icfg["image_proj"]["clip_extra_context_tokens"]
 
 
 def test_face_locator(hallo):
@@ -52,17 +85,21 @@ def test_identity_tokens(hallo):
     _close(pipe._identity_tokens(ref, False), d["identity_tokens_uncond"])
 
 
-def test_unet_forward_with_reference_motion_frames_and_cfg(hallo):
-    """ReferenceNet pass (reference + 2 motion frames) + one denoising call, both CFG halves, built by the
-    pipeline's own condition code."""
+def test_unet_forward_with_reference_motion_frames_and_cfg(hallo, meta):
+    """ReferenceNet pass (reference + the set's motion frames) + one denoising call, both CFG halves, built by the
+    pipeline's own condition code, with the set's CFG scale and motion_scale (region weights)."""
     folder, model, pipe = hallo
     d = load_file(folder / "unet_forward.safetensors")
+    n, f = meta["n_motion_frames"], meta["F"]
+    assert d["motion_latents"].shape[0] == n and d["noisy_latents"].shape[2] == f
+    assert d["timestep"].tolist() == [meta["timestep_single_forward"]]
     ref = _reference(d, d["ref_latent"])
-    passes = guidance_passes(3.5, 3.5)
+    passes = guidance_passes(meta["cfg_scale"], meta["cfg_scale"])
     assert len(passes) == 2  # equal scales: Hallo's single CFG, uncond + full
     with torch.no_grad():
-        bank = pipe._reference_bank(ref, 2)
-        ctx, ehs = pipe.clip_conditions(ref, d["audio_tokens"][0], passes, bank, d["motion_latents"])
+        bank = pipe._reference_bank(ref, n)
+        ctx, ehs = pipe.clip_conditions(ref, d["audio_tokens"][0], passes, bank, d["motion_latents"],
+                                        region_weights=meta["motion_scale"])
         x = d["noisy_latents"].expand(2, -1, -1, -1, -1)
         out = model.backbone(x, d["timestep"][0], ehs, ctx)
     _close(out[0:1], d["out_uncond"])
@@ -71,20 +108,28 @@ def test_unet_forward_with_reference_motion_frames_and_cfg(hallo):
     _close((out * weights).sum(0, keepdim=True), d["out_guided"])
 
 
-def test_sampling_three_steps(hallo):
+def test_sampling(hallo, meta):
+    """The official pipeline's DDIM loop: the set's step count, generator seed, CFG and motion_scale."""
     folder, model, pipe = hallo
     d = load_file(folder / "sampling.safetensors")
+    steps = meta["sampling_steps"]
+    sched = DDIMScheduler.from_config(model.config.scheduler)
+    sched.set_timesteps(steps)
+    assert sched.timesteps.tolist() == d["timesteps"].tolist() == meta["sampling_timesteps"]
     ref_lat = d["ref_image_latents"]
+    assert ref_lat.shape[0] == 1 + meta["n_motion_frames"]
     ref = _reference(d, ref_lat[:1])
-    gen = torch.Generator("cpu").manual_seed(42)
+    gen = torch.Generator("cpu").manual_seed(meta["generator_seed"])
     noise = torch.randn(d["init_latents"].shape, generator=gen)  # what sample() draws for the first clip
     _close(noise, d["init_latents"])
-    passes = guidance_passes(3.5, 3.5)
+    passes = guidance_passes(meta["cfg_scale"], meta["cfg_scale"])
     seen = []
     with torch.no_grad():
-        ctx, ehs = pipe.clip_conditions(ref, d["audio_tokens"][0], passes, pipe._reference_bank(ref, 2), ref_lat[1:])
-        final = pipe._denoise(noise, 3, passes, ctx, ehs, lambda i, lat: seen.append(lat.clone()))
-    for i in range(3):
+        ctx, ehs = pipe.clip_conditions(ref, d["audio_tokens"][0], passes, pipe._reference_bank(ref, ref_lat.shape[0] - 1),
+                                        ref_lat[1:], region_weights=meta["motion_scale"])
+        final = pipe._denoise(noise, steps, passes, ctx, ehs, lambda i, lat: seen.append(lat.clone()))
+    assert len(seen) == steps
+    for i in range(steps):
         _close(seen[i], d[f"step{i}.latents_after"])
     _close(final, d["final_latents"])
 

@@ -1,5 +1,7 @@
-"""EchoMimic whisper features: parity with echomimic-tiny/audio.safetensors (original code, fp32), loader errors."""
+"""EchoMimic whisper features: parity with echomimic-tiny/audio.safetensors (original code, fp32), loader errors.
+The parity tests read the set's fps, whisper dims and counts from its fixture_meta.json / tiny_inference_config.json."""
 
+import json
 import math
 
 import pytest
@@ -26,6 +28,16 @@ def audio(fixtures):
 
 
 @pytest.fixture(scope="module")
+def meta(fixtures):
+    return json.loads((fixtures / "echomimic-tiny" / "fixture_meta.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def dims(fixtures):
+    return json.loads((fixtures / "echomimic-tiny" / "tiny_inference_config.json").read_text())["whisper_dims"]
+
+
+@pytest.fixture(scope="module")
 def model(ckpt_path):
     return WhisperAudioEncoder.from_openai_checkpoint(ckpt_path)
 
@@ -35,9 +47,9 @@ def features(model, audio):
     return model.features(audio["waveform"])
 
 
-def test_log_mel_parity(model, audio):
+def test_log_mel_parity(model, audio, dims):
     mel = model.log_mel(audio["waveform"])
-    assert mel.shape == audio["log_mel"].shape == (80, 200)
+    assert mel.shape == audio["log_mel"].shape == (dims["n_mels"], audio["waveform"].numel() // 160)  # hop 160
     torch.testing.assert_close(mel, audio["log_mel"], atol=1e-5, rtol=0)
 
 
@@ -51,16 +63,18 @@ def test_log_mel_floor_uses_whole_clip(model):
     torch.testing.assert_close(mel[:, 3000:], torch.full((80, 100), mel.max().item() - 2), atol=1e-5, rtol=0)
 
 
-def test_features_parity(features, audio):
-    assert features.shape == audio["whisper_features"].shape == (100, 5, 48)
+def test_features_parity(features, audio, meta, dims):
+    shape = (meta["n_audio_frames_50hz"], dims["n_audio_layer"] + 1, dims["n_audio_state"])
+    assert features.shape == audio["whisper_features"].shape == shape
     torch.testing.assert_close(features, audio["whisper_features"], atol=1e-4, rtol=1e-4)
 
 
-def test_chunks_parity(features, audio):
-    idx = chunk_source_indices(features.shape[0], 24)
+def test_chunks_parity(features, audio, meta, dims):
+    idx = chunk_source_indices(features.shape[0], meta["fps"])
     assert torch.equal(idx, audio["chunk_source_indices"])
-    chunks = WhisperAudioEncoder.chunks(features, fps=24)
-    assert chunks.shape == audio["whisper_chunks"].shape == (50, 50, 48)
+    chunks = WhisperAudioEncoder.chunks(features, fps=meta["fps"])
+    levels = dims["n_audio_layer"] + 1
+    assert chunks.shape == audio["whisper_chunks"].shape == (meta["n_chunks"], 10 * levels, dims["n_audio_state"])
     torch.testing.assert_close(chunks, audio["whisper_chunks"], atol=1e-4, rtol=1e-4)
 
 
