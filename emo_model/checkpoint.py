@@ -129,6 +129,7 @@ def load_model(path, device="cpu", dtype=torch.float32, vae_path=None, audio_enc
             pose = variant["pose"]
             accelerated = variant["accelerated"] if accelerated is None else accelerated
         model = _load_echomimic(p if p.is_dir() else p.parent, vae_path, audio_encoder_path, accelerated, pose)
+    model.sources["checkpoint"] = p
     return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
 

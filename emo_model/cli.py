@@ -45,7 +45,7 @@ def cmd_render(a) -> int:
                    ref_cfg=a.ref_cfg, speed=a.speed, frames_per_clip=a.frames_per_clip,
                    motion_frames=a.motion_frames, framing=a.framing, detector=a.detector,
                    detector_file=a.detector_file, face_index=a.face_index, margin=a.margin,
-                   whole_image=a.whole_image, progress=progress)
+                   whole_image=a.whole_image, identity=a.identity, pose=a.pose, progress=progress)
     finally:
         bar.close()
     w, h = s["size"]
@@ -97,6 +97,12 @@ def main(argv=None) -> int:
     r.add_argument("--face-index", type=int, default=0, help="which face when there are several (0 = largest)")
     r.add_argument("--margin", type=float, default=0.5, help="space around the face in the crop, as a fraction of the face size")
     r.add_argument("--whole-image", action="store_true", help="no face detection: animate a centred square of the picture")
+    r.add_argument("--identity", default="auto",
+                   help="Hallo identity tokens: auto (ArcFace glintr100.onnx + scrfd_10g_bnkps.onnx from Hallo's "
+                        "pretrained_models/face_analysis/models/ when present, else Hallo's zero embedding), zero, or "
+                        "the path of glintr100.onnx or its folder")
+    r.add_argument("--pose", help="EchoMimic _pose models: EchoMimic's pose folder (per-frame landmark .pkl/.npy), or a "
+                                  "video / folder of drawn pose frames, one per video frame")
     r.add_argument("--device", default="auto")
     r.add_argument("--dtype", choices=["auto", *DTYPES], default="auto")
     r.set_defaults(func=cmd_render)

@@ -229,3 +229,30 @@ def face_embedding(rgb, model_path, detector_path=None, face_index: int = 0,
 
 __all__ = ["EMBEDDING_FILES", "ARCFACE_DST", "find_embedding_model", "find_keypoint_detector", "alignment_matrix",
            "align_face", "onnx_node_names", "input_normalisation", "FaceEmbedder", "face_embedding"]
+
+
+def identity_model_folders(checkpoint=None, roots=()) -> list[Path]:
+    """Where Hallo's face-analysis files may be: beside the checkpoint (Hallo's layout: pretrained_models/hallo/net.pth
+    and pretrained_models/face_analysis/models/) and, for each root (e.g. ComfyUI's models/emo/), its
+    face_analysis/models/, face_analysis/ and face_detectors/ folders."""
+    folders = []
+    if checkpoint is not None:
+        c = Path(checkpoint)
+        base = c.parent if c.is_file() else c
+        folders += [base / "face_analysis" / "models", base.parent / "face_analysis" / "models"]
+    for r in roots:
+        r = Path(r)
+        folders += [r / "face_analysis" / "models", r / "face_analysis", r / "face_detectors"]
+    return [f for f in folders if f.is_dir()]
+
+
+def identity_embedding(rgb, folders, face_index: int = 0) -> np.ndarray | None:
+    """Hallo's identity embedding for `rgb` (uint8 [H, W, 3], the square reference crop, as Hallo's script takes a
+    square portrait) from the first folder holding glintr100.onnx, with keypoints from an SCRFD (or YuNet) file in
+    any of the folders; None when no folder holds glintr100.onnx (the caller then uses Hallo's zero embedding)."""
+    model = next((m for f in folders if (m := find_embedding_model(f, names=EMBEDDING_FILES[:1]))), None)
+    if model is None:
+        return None
+    det = find_keypoint_detector(model.parent) or next(
+        (d for f in folders if (d := find_keypoint_detector(f))), None)
+    return face_embedding(rgb, model, det, face_index=face_index)

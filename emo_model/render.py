@@ -16,16 +16,23 @@ import torch
 from .audio_io import load_audio
 from .face_crop import crop, face_region_mask, find_crop, fit_color_match, paste_back
 from .image_io import example_portrait, load_image
+from .face_embedding import face_embedding, identity_embedding, identity_model_folders
 from .pipeline import EMOPipeline
+from .pose_frames import load_pose_frames
 from .video_writer import VideoWriter
 
 
 def render(model, image, audio, out, *, steps=None, seed=0, fps=None, audio_cfg=None, ref_cfg=None, speed=None,
            frames_per_clip=None, motion_frames=None, framing="full", detector="auto", detector_file=None,
-           face_index=0, margin=0.5, whole_image=False, face_mask=None, progress=None) -> dict:
+           face_index=0, margin=0.5, whole_image=False, face_mask=None, identity="auto", pose=None,
+           progress=None) -> dict:
     """model: a loaded EMOModel; image: path, "example" (scikit-image's astronaut) or uint8 [H, W, 3];
     audio: path or (waveform [channels, samples], sample_rate); out: the .mp4 to write. framing: "full" pastes the
-    animated face back into the picture, "crop" writes the square crop. progress(SampleProgress) is called per step.
+    animated face back into the picture, "crop" writes the square crop. identity (Hallo): "auto" = ArcFace
+    embedding when glintr100.onnx is beside the checkpoint (Hallo's pretrained_models/face_analysis/models/), else
+    Hallo's no-face fallback (zero embedding); "zero" = always the fallback; or a folder / .onnx path. pose
+    (EchoMimic `_pose` models): EchoMimic's pose folder, a .npy of landmarks, a folder of drawn frames or a video of
+    them (`pose_frames.load_pose_frames`). progress(SampleProgress) is called per step.
     Returns a summary dict (frames, fps, seconds, size)."""
     pipe = EMOPipeline(model, offload_idle=model.device.type == "cuda")
     cfg = model.config
@@ -38,7 +45,9 @@ def render(model, image, audio, out, *, steps=None, seed=0, fps=None, audio_cfg=
     face = crop(picture, info)
     t0 = time.perf_counter()
     enc_audio = pipe.encode_audio(wave, sr, fps, frames_per_clip)
-    ref = pipe.encode_reference(torch.from_numpy(face).float() / 255, face_region_mask(info))
+    emb = _identity(model, face, identity)
+    frames = None if pose is None else load_pose_frames(pose, cfg.resolution, enc_audio.num_frames)
+    ref = pipe.encode_reference(torch.from_numpy(face).float() / 255, face_region_mask(info), emb, frames)
     match = None
 
     def emit(clip):  # on the worker thread, one clip after another
@@ -64,3 +73,12 @@ def render(model, image, audio, out, *, steps=None, seed=0, fps=None, audio_cfg=
         size = writer.size
     return dict(frames=frames, fps=enc_audio.fps, seconds=time.perf_counter() - t0, size=size,
                 duration=enc_audio.duration, out=str(out))
+
+
+def _identity(model, face, identity):
+    """Hallo's identity embedding [512] for the crop `face` (uint8 [res, res, 3]), or None (zero embedding)."""
+    if model.identity_projection is None or identity == "zero":
+        return None
+    if identity == "auto":
+        return identity_embedding(face, identity_model_folders(model.sources.get("checkpoint")))
+    return face_embedding(face, identity)

@@ -2,13 +2,15 @@
 from .audio_encode import EMOAudioEncode
 from .comfy_bridge import ComfyExtension
 from .load_models import EMOLoadModels
+from .load_pose import EMOLoadPose
 from .paste_back import EMOPasteBack
 from .reference_encode import EMOReferenceEncode
 from .sampler import EMOSampler
 from .video_combine import EMOVideoCombine
 
 # Node ids are the identity of shared workflows: never rename one (add a new node instead).
-NODES = [EMOLoadModels, EMOAudioEncode, EMOReferenceEncode, EMOSampler, EMOPasteBack, EMOVideoCombine]
+NODES = [EMOLoadModels, EMOAudioEncode, EMOReferenceEncode, EMOSampler, EMOPasteBack, EMOVideoCombine,
+         EMOLoadPose]
 
 
 class EMOExtension(ComfyExtension):

@@ -5,10 +5,14 @@ import numpy as np
 import torch
 
 from ..emo_model import face_crop, face_detect
-from .comfy_bridge import CATEGORY, EmoCropInfo, EmoModel, EmoReference, detector_folders, first_image, io
+from ..emo_model.face_embedding import identity_embedding, identity_model_folders
+from ..emo_model.pose_frames import pose_frames_from_images
+from .comfy_bridge import (CATEGORY, EmoCropInfo, EmoModel, EmoReference, detector_folders, emo_roots, first_image,
+                           io)
 
 WHOLE_IMAGE = "whole image (no crop)"
 AUTO = "auto"
+ZERO_IDENTITY = "zero embedding"
 
 
 @dataclass
@@ -64,6 +68,17 @@ class EMOReferenceEncode(io.ComfyNode):
                 io.Mask.Input("face_mask", optional=True,
                               tooltip="Optional MASK marking the face region (where the face may move). When "
                                       "given it replaces detection."),
+                io.Combo.Input("identity", options=[AUTO, ZERO_IDENTITY], default=AUTO, optional=True,
+                               tooltip="Hallo models only (others ignore it): the identity tokens. auto: from the "
+                                       "face's ArcFace embedding when glintr100.onnx and scrfd_10g_bnkps.onnx (Hallo's "
+                                       "pretrained_models/face_analysis/models/, non-commercial licence) are in "
+                                       "models/emo/face_analysis/ or beside Hallo's checkpoint; without them, what "
+                                       "Hallo's own script does when it has no face embedding: a zero embedding. "
+                                       "zero embedding: always that fallback."),
+                io.Image.Input("pose_frames", optional=True,
+                               tooltip="EchoMimic _pose models only: one drawn face-landmark frame per video frame "
+                                       "(EMO Load Pose reads EchoMimic's pose folder; a video of drawings works too). "
+                                       "At least as many frames as the audio gives; extra ones are ignored."),
             ],
             outputs=[
                 EmoReference.Output(display_name="reference", tooltip="The encoded face for the EMO Sampler."),
@@ -74,7 +89,8 @@ class EMOReferenceEncode(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, emo_model, image, frame_index, detector, face_index, margin, face_mask=None):
+    def execute(cls, emo_model, image, frame_index, detector, face_index, margin, face_mask=None, identity=AUTO,
+                pose_frames=None):
         picture = face_detect.as_rgb_uint8(first_image(image, frame_index, "Reference Encode"))  # uint8 [H, W, 3]
         mask = None
         if face_mask is not None:  # MASK [B, H, W]: the same frame as the image when the batches match
@@ -86,6 +102,14 @@ class EMOReferenceEncode(io.ComfyNode):
                                    resolution=res, whole_image=detector == WHOLE_IMAGE and mask is None)
         crop = torch.from_numpy(face_crop.crop(picture, info)).float() / 255.0        # [res, res, 3]
         region = torch.from_numpy(face_crop.face_region_mask(info))                   # [res, res]
+        model = emo_model.model
+        emb = None
+        if model.identity_projection is not None and identity == AUTO:
+            folders = identity_model_folders(model.sources.get("checkpoint"), emo_roots())
+            emb = identity_embedding(face_crop.crop(picture, info), folders)
+        frames = None
+        if pose_frames is not None:
+            frames = pose_frames_from_images(pose_frames.float().cpu().numpy(), res, name="pose_frames")
         emo_model.to_compute_device()
-        reference = emo_model.pipeline.encode_reference(crop, region)
+        reference = emo_model.pipeline.encode_reference(crop, region, emb, frames)
         return io.NodeOutput(reference, CropPlacement(info, picture), crop[None])

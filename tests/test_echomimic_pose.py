@@ -247,3 +247,57 @@ def test_pickles_with_code_are_refused(tmp_path):
     with pytest.raises(EMOInputError, match=r"refused to read .*0\.pkl.*io\.open"):
         load_pose_frames(folder, 512)
     assert not marker.exists()
+
+
+# ---------------------------------------------------------------------------------------------- sampling
+@pytest.fixture(scope="module")
+def pose_model(em, tmp_path_factory):
+    """The pose set with a tiny random VAE attached (the fixture has none): 4 latent channels, 1/8 size."""
+    from diffusers import AutoencoderKL
+    model = load_model(_make_set(em, tmp_path_factory.mktemp("posesample") / "pose"), vae_path=False)
+    torch.manual_seed(0)
+    model.vae = AutoencoderKL(block_out_channels=[8, 8, 8, 8], layers_per_block=1, norm_num_groups=4,
+                              latent_channels=4, down_block_types=["DownEncoderBlock2D"] * 4,
+                              up_block_types=["UpDecoderBlock2D"] * 4).eval()
+    model.config.resolution = 64  # latent 8 x 8: enough to check the wiring, fast on a CPU
+    return model
+
+
+def test_pose_sampling_drives_each_frame_with_its_drawing(pose_model):
+    """Each window's face-locator input holds the drawings of exactly its frames (frame i's drawing for latent frame
+    i, windows shifted by 3 frames a step), only the passes with conditions get the features, and the pose frames
+    are checked against the audio's frame count."""
+    from fractions import Fraction
+
+    from emo_model import EMOPipeline, EncodedAudio
+    from emo_model.pipeline import context_windows
+    torch.set_num_threads(1)
+    pipe = EMOPipeline(pose_model)
+    res, L = 64, 14
+    face = torch.rand(res, res, 3, generator=torch.Generator().manual_seed(1))
+    mask = torch.zeros(res, res)
+    mask[16:48, 16:48] = 1
+    with pytest.raises(EMOInputError, match="pose frames"):
+        pipe.encode_reference(face, mask)  # a pose model needs its drawings
+    # frame i: a drawing whose pixel values encode i (distinct per frame, exact in uint8)
+    frames = torch.stack([torch.full((res, res, 3), (i + 1) / 255) for i in range(L)])
+    ref = pipe.encode_reference(face, mask, locator_frames=frames)
+    dim = pose_model.audio_encoder.width
+    tokens = torch.randn(L, 50, dim, generator=torch.Generator().manual_seed(2))
+    audio = EncodedAudio(tokens, L, Fraction(24), torch.zeros(1, 320), 16000)
+    seen = []
+    hook = pose_model.face_locator.register_forward_hook(lambda m, a, o: seen.append(a[0].clone()))
+    try:
+        clips = list(pipe.sample(audio, ref, steps=2, frames_per_clip=8, motion_frames=2, seed=3))
+    finally:
+        hook.remove()
+    assert sum(c.shape[0] for c in clips) == L and clips[0].shape[1:] == (res, res, 3)
+    expected = [w for step in range(2) for w in context_windows(L, 8, 2, step, shift=3)]
+    assert context_windows(L, 8, 2, 1, shift=3)[0][0] == 3
+    assert len(seen) == len(expected)
+    for x, w in zip(seen, expected):  # [1, 3, f, res, res]: frame j of the window is video frame w[j]
+        assert torch.allclose(x[0, 0, :, 0, 0] * 255, torch.tensor(w, dtype=x.dtype) + 1, atol=1e-4)
+
+    short = pipe.encode_reference(face, mask, locator_frames=frames[:L - 1])
+    with pytest.raises(EMOInputError, match="pose frames"):
+        next(pipe.sample(audio, short, steps=1, frames_per_clip=8, motion_frames=2))

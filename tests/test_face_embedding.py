@@ -223,3 +223,35 @@ def test_face_embedding_detect_align_embed(arcface, tmp_path):
         face_embedding(img, model, face_index=2)
     with pytest.raises(EMOInputError, match="no face found by scrfd.*zero embedding"):
         face_embedding(img, model, threshold=0.99)
+
+
+def test_hallo_layout_is_found(arcface, tmp_path, fixtures):
+    """render's identity="auto" on Hallo's own layout (pretrained_models/hallo/net.pth beside
+    pretrained_models/face_analysis/models/{glintr100,scrfd_10g_bnkps}.onnx) gives the embedding of the largest face;
+    "zero", a non-Hallo model and a layout without the files give None (Hallo's no-face fallback)."""
+    from emo_model import load_model
+    from emo_model.face_embedding import identity_embedding, identity_model_folders
+    from emo_model.render import _identity
+    img = np.ascontiguousarray(data.astronaut()[:400])
+    s = 1.25
+    faces = [(16, 14, 8, np.array([170, 60, 275, 180]) * s, KPS * s, 0.9)]
+    models = tmp_path / "pretrained_models" / "face_analysis" / "models"
+    models.mkdir(parents=True)
+    export(FakeSCRFD(faces), models / "scrfd_10g_bnkps.onnx", (1, 3, 640, 640))
+    (models / "glintr100.onnx").write_bytes(arcface[1].read_bytes())
+    ckpt = tmp_path / "pretrained_models" / "hallo" / "net.pth"
+    ckpt.parent.mkdir()
+    ckpt.write_bytes(b"")
+    assert identity_model_folders(ckpt) == [models]
+    expected = FaceEmbedder(models / "glintr100.onnx").embed(img, KPS)
+    got = identity_embedding(img, identity_model_folders(ckpt))
+    assert np.allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+    assert identity_embedding(img, identity_model_folders(tmp_path / "elsewhere" / "net.pth")) is None
+
+    model = load_model(fixtures / "hallo-tiny" / "net.pth", vae_path=False)
+    model.sources["checkpoint"] = ckpt
+    assert _identity(model, img, "zero") is None
+    emb = _identity(model, img, "auto")  # the tiny projection takes a shorter embedding: only the lookup is checked
+    assert np.allclose(emb, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+    model.sources["checkpoint"] = tmp_path / "elsewhere" / "net.pth"
+    assert _identity(model, img, "auto") is None

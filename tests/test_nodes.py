@@ -15,7 +15,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "comfy_stubs"))
 import emo_comfy_harness as harness  # noqa: E402
 
 ROOT = harness.ROOT
-NODE_IDS = {"EMOLoadModels", "EMOAudioEncode", "EMOReferenceEncode", "EMOSampler", "EMOPasteBack", "EMOVideoCombine"}
+NODE_IDS = {"EMOLoadModels", "EMOAudioEncode", "EMOReferenceEncode", "EMOSampler", "EMOPasteBack", "EMOVideoCombine",
+            "EMOLoadPose"}
 # Top-level modules of ComfyUI itself: no module of the pack may be importable under these names.
 COMFY_TOP_LEVEL = {"nodes", "utils", "comfy", "comfy_extras", "comfy_api", "comfy_execution", "comfy_config", "app",
                    "api_server", "folder_paths", "execution", "server", "main", "latent_preview", "node_helpers",
@@ -287,3 +288,25 @@ def test_cancel_from_the_progress_hook_stops_the_sampler_within_one_step(comfy, 
         comfy_utils.set_progress_bar_global_hook(None)
         mm.interrupt_current_processing(False)
     assert seen == [1, 2, 3]  # step 3 was the last one computed: the next step never ran
+
+
+def test_load_pose_draws_a_landmark_file_and_reference_encode_checks_the_model(comfy, loaded):
+    """EMO Load Pose: one .npy of landmarks [frames, 478, 2] in 512-px crop coordinates (relative to ComfyUI's input
+    folder) -> drawn IMAGE frames; pose frames given to a model whose face locator takes the face box are refused."""
+    import folder_paths
+    import numpy as np
+    errors = pack_module("emo_model.errors")
+    rng = np.random.default_rng(0)
+    marks = np.stack([rng.uniform(150, 360, (478, 2)) + i for i in range(6)])
+    np.save(Path(folder_paths.get_input_directory()) / "pose.npy", marks)
+    frames = node(comfy, "EMOLoadPose").execute(path="pose.npy", max_frames=4).args[0]
+    assert frames.shape == (4, 512, 512, 3) and 0 <= frames.min() and frames.max() <= 1
+    assert 0 < (frames.amax(-1) > 0).float().mean() < 0.2        # thin lines on black
+    assert not torch.equal(frames[0], frames[3])                    # each frame its own landmarks
+    with pytest.raises(errors.EMOInputError, match="path is empty"):
+        node(comfy, "EMOLoadPose").execute(path=" ", max_frames=0)
+    picture = torch.rand(1, 96, 96, 3)
+    with pytest.raises(errors.EMOInputError, match="pose frames were given"):
+        node(comfy, "EMOReferenceEncode").execute(emo_model=loaded.bundle, image=picture, frame_index=0,
+                                                  detector="whole image (no crop)", face_index=0, margin=0.5,
+                                                  pose_frames=frames)
