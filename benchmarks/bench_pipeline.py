@@ -13,8 +13,9 @@ Scenarios: "hallo" = 40 DDIM steps, audio and reference guidance 3.5 (Hallo's se
 Phase times come from hooks on the modules (CUDA events on a GPU, read after the render, so no sync is added inside
 the step loop): audio = `encode_audio`, refnet = ReferenceNet calls (reference once + motion frames per clip),
 backbone = denoising steps, vae_dec / vae_enc = VAE decode / encode (encode: reference + motion frames), write = H.264
-muxing (PyAV), other = the rest (conditions, scheduler, transfers). s/frame and fps use the wall time of the render
-(audio encoding through the closed mp4), without model building and the warm-up render.
+muxing (PyAV, on the render's writer thread, so it overlaps the sampling of the next clip and is not on the critical
+path unless it is the slower of the two), other = the rest (conditions, scheduler, transfers). s/frame and fps use
+the wall time of the render (audio encoding through the closed mp4), without model building and the warm-up render.
 """
 import argparse
 import os
@@ -37,6 +38,7 @@ from emo_model.video_writer import VideoWriter  # noqa: E402
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 SCENARIOS = {"hallo": dict(steps=40, audio_cfg=3.5, ref_cfg=3.5), "distilled": dict(steps=6, audio_cfg=1.0, ref_cfg=1.0)}
 PHASES = ("audio", "refnet", "backbone", "vae_dec", "vae_enc", "write")
+HOST_PHASES = ("write",)  # CPU work (on the render's writer thread): timed with perf_counter, not CUDA events
 
 
 # ---------------------------------------------------------------------------------------------------- models
@@ -71,8 +73,8 @@ class PhaseTimer:
         self.spans: dict[str, list] = {p: [] for p in PHASES}
         self.depth: dict[str, int] = {p: 0 for p in PHASES}
 
-    def _now(self):
-        if self.cuda:
+    def _now(self, phase=None):
+        if self.cuda and phase not in HOST_PHASES:
             e = torch.cuda.Event(enable_timing=True)
             e.record()
             return e
@@ -81,12 +83,12 @@ class PhaseTimer:
     def start(self, phase):
         self.depth[phase] += 1
         if self.depth[phase] == 1:
-            self.spans[phase].append([self._now(), None])
+            self.spans[phase].append([self._now(phase), None])
 
     def stop(self, phase):
         self.depth[phase] -= 1
         if self.depth[phase] == 0:
-            self.spans[phase][-1][1] = self._now()
+            self.spans[phase][-1][1] = self._now(phase)
 
     def hook_module(self, module, phase):
         module.register_forward_pre_hook(lambda *a: self.start(phase))
@@ -111,8 +113,8 @@ class PhaseTimer:
     def totals(self) -> dict:
         if self.cuda:
             torch.cuda.synchronize()
-            return {p: sum(a.elapsed_time(b) for a, b in s) / 1000 for p, s in self.spans.items()}
-        return {p: sum(b - a for a, b in s) for p, s in self.spans.items()}
+        return {p: sum(a.elapsed_time(b) / 1000 if isinstance(a, torch.cuda.Event) else b - a for a, b in s)
+                for p, s in self.spans.items()}
 
 
 class PeakRSS:

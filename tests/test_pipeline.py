@@ -91,6 +91,24 @@ def test_audio_tokens_are_local(pipe):
     assert not torch.allclose(t_near[25:38], base[25:38])
 
 
+def test_clip_tokens_are_the_whole_track_tokens(pipe):
+    """The wav2vec features are kept and projected clip by clip in `sample` (less memory than all tokens): any
+    clip's tokens equal the same rows of the whole track's, across chunk borders (the +-m window sees neighbours of
+    other clips) and past the end (the last frame's tokens repeat). Checked against a projection of all frames at
+    once, made here from the kept features; float32 matmuls round differently for other batch sizes (~2e-6)."""
+    audio = pipe.encode_audio(_voice(1.3), 16000, 25)  # 33 frames, padded to whole clips
+    assert audio.stored is None and audio.features.shape[0] >= audio.num_frames
+    enc, proj = pipe.model.audio_encoder, pipe.model.audio_projection
+    with torch.no_grad():
+        whole = proj(enc.window(audio.features, pipe.config.audio_encoder.get("window", 2)))
+    n = whole.shape[0]
+    for s, e in [(0, 4), (3, 9), (30, 36), (n - 1, n + 3), (n + 2, n + 5)]:
+        expected = whole[torch.arange(s, e).clamp(max=n - 1)]
+        torch.testing.assert_close(audio.frame_tokens(s, e), expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(audio.tokens, whole[torch.arange(audio.padded_frames).clamp(max=n - 1)], atol=1e-5,
+                               rtol=0)
+
+
 def test_audio_shorter_than_a_frame(pipe):
     with pytest.raises(EMOInputError, match="shorter than one frame"):
         pipe.encode_audio(torch.zeros(1, 300), 16000, 25)
