@@ -45,7 +45,8 @@ def cmd_render(a) -> int:
                    ref_cfg=a.ref_cfg, speed=a.speed, frames_per_clip=a.frames_per_clip,
                    motion_frames=a.motion_frames, framing=a.framing, detector=a.detector,
                    detector_file=a.detector_file, face_index=a.face_index, margin=a.margin,
-                   whole_image=a.whole_image, identity=a.identity, pose=a.pose, progress=progress)
+                   whole_image=a.whole_image, identity=a.identity, pose=a.pose,
+                   region_weights=(a.pose_weight, a.face_weight, a.lip_weight), progress=progress)
     finally:
         bar.close()
     w, h = s["size"]
@@ -88,6 +89,9 @@ def main(argv=None) -> int:
     r.add_argument("--audio-cfg", type=float, help="audio guidance scale (1.0 = off)")
     r.add_argument("--ref-cfg", type=float, help="reference guidance scale (1.0 = off)")
     r.add_argument("--speed", type=float, help="head-motion speed (checkpoints with speed layers; talking 0.1-1.0, singing 1.0-1.3)")
+    for region, what in (("pose", "background / head pose"), ("face", "face (expression)"), ("lip", "lips")):
+        r.add_argument(f"--{region}-weight", type=float, default=1.0,
+                       help=f"Hallo: weight of the audio in the {what} region (Hallo's {region}_weight)")
     r.add_argument("--frames-per-clip", type=int)
     r.add_argument("--motion-frames", type=int)
     r.add_argument("--framing", choices=["full", "crop"], default="full",

@@ -25,14 +25,15 @@ from .video_writer import VideoWriter
 def render(model, image, audio, out, *, steps=None, seed=0, fps=None, audio_cfg=None, ref_cfg=None, speed=None,
            frames_per_clip=None, motion_frames=None, framing="full", detector="auto", detector_file=None,
            face_index=0, margin=0.5, whole_image=False, face_mask=None, identity="auto", pose=None,
-           progress=None) -> dict:
+           region_weights=(1.0, 1.0, 1.0), progress=None) -> dict:
     """model: a loaded EMOModel; image: path, "example" (scikit-image's astronaut) or uint8 [H, W, 3];
     audio: path or (waveform [channels, samples], sample_rate); out: the .mp4 to write. framing: "full" pastes the
     animated face back into the picture, "crop" writes the square crop. identity (Hallo): "auto" = ArcFace
     embedding when glintr100.onnx is beside the checkpoint (Hallo's pretrained_models/face_analysis/models/), else
     Hallo's no-face fallback (zero embedding); "zero" = always the fallback; or a folder / .onnx path. pose
     (EchoMimic `_pose` models): EchoMimic's pose folder, a .npy of landmarks, a folder of drawn frames or a video of
-    them (`pose_frames.load_pose_frames`). progress(SampleProgress) is called per step.
+    them (`pose_frames.load_pose_frames`). region_weights (Hallo): (pose, face, lip) weights of the audio in the
+    background, face and lip regions. progress(SampleProgress) is called per step.
     Returns a summary dict (frames, fps, seconds, size)."""
     pipe = EMOPipeline(model, offload_idle=model.device.type == "cuda")
     cfg = model.config
@@ -63,7 +64,7 @@ def render(model, image, audio, out, *, steps=None, seed=0, fps=None, audio_cfg=
         pending = deque()
         for clip in pipe.sample(enc_audio, ref, steps=steps, seed=seed, audio_cfg=audio_cfg, ref_cfg=ref_cfg,
                                 speed=speed, frames_per_clip=frames_per_clip, motion_frames=motion_frames,
-                                callback=progress):
+                                region_weights=tuple(region_weights), callback=progress):
             pending.append(worker.submit(emit, clip))
             while len(pending) > 1:
                 pending.popleft().result()  # raises the worker's error, if any

@@ -69,6 +69,15 @@ class EMOSampler(io.ComfyNode):
                 io.Int.Input("motion_frames", default=-1, min=-1, max=16,
                              tooltip="Frames of the previous clip each clip continues from; -1 = the "
                                      "checkpoint's own (EMO 4, Hallo 2)."),
+                io.Float.Input("pose_weight", default=1.0, min=0.0, max=5.0, step=0.05, round=0.01, optional=True,
+                               tooltip="Hallo models only: how strongly the audio drives the background/head-pose "
+                                       "region (Hallo's pose_weight). Other models ignore it."),
+                io.Float.Input("face_weight", default=1.0, min=0.0, max=5.0, step=0.05, round=0.01, optional=True,
+                               tooltip="Hallo models only: how strongly the audio drives the face region "
+                                       "(expression; Hallo's face_weight). Other models ignore it."),
+                io.Float.Input("lip_weight", default=1.0, min=0.0, max=5.0, step=0.05, round=0.01, optional=True,
+                               tooltip="Hallo models only: how strongly the audio drives the lips (Hallo's "
+                                       "lip_weight). Other models ignore it."),
             ],
             outputs=[
                 io.Image.Output(display_name="frames", tooltip="The video frames, IMAGE [frames, H, W, 3] 0..1."),
@@ -80,7 +89,7 @@ class EMOSampler(io.ComfyNode):
 
     @classmethod
     def execute(cls, emo_model, encoded_audio, reference, seed, steps, audio_cfg, reference_cfg,
-                head_motion_speed, frames_per_clip, motion_frames):
+                head_motion_speed, frames_per_clip, motion_frames, pose_weight=1.0, face_weight=1.0, lip_weight=1.0):
         bundle = emo_model
         config = bundle.model.config
         speed = head_motion_speed if getattr(config, "speed", None) else None
@@ -112,7 +121,9 @@ class EMOSampler(io.ComfyNode):
         try:
             for clip in bundle.pipeline.sample(encoded_audio, reference, steps=steps, seed=seed,
                                                audio_cfg=audio_cfg, ref_cfg=reference_cfg, speed=speed,
-                                               frames_per_clip=fpc, motion_frames=mf, callback=on_step):
+                                               frames_per_clip=fpc, motion_frames=mf,
+                                               region_weights=(pose_weight, face_weight, lip_weight),
+                                               callback=on_step):
                 if frames is None:
                     frames = torch.empty((encoded_audio.num_frames, *clip.shape[1:]), dtype=torch.float32,
                                          device=model_management.intermediate_device())

@@ -310,3 +310,21 @@ def test_load_pose_draws_a_landmark_file_and_reference_encode_checks_the_model(c
         node(comfy, "EMOReferenceEncode").execute(emo_model=loaded.bundle, image=picture, frame_index=0,
                                                   detector="whole image (no crop)", face_index=0, margin=0.5,
                                                   pose_frames=frames)
+
+
+def test_sampler_region_weights_reach_the_backbone(comfy, loaded):
+    """Hallo's pose / face / lip weights (optional widgets: workflows saved without them keep working) arrive in
+    every backbone call's conditions."""
+    seen = []
+    hook = loaded.bundle.model.backbone.register_forward_pre_hook(lambda m, args: seen.append(args[3].region_weights))
+    try:
+        common = dict(emo_model=loaded.bundle, encoded_audio=loaded.encoded, reference=loaded.ref, seed=0, steps=1,
+                      audio_cfg=1.0, reference_cfg=1.0, head_motion_speed=1.0, frames_per_clip=0, motion_frames=-1)
+        node(comfy, "EMOSampler").execute(**common, pose_weight=0.5, face_weight=1.5, lip_weight=2.0)
+        weighted = list(seen)
+        seen.clear()
+        node(comfy, "EMOSampler").execute(**common)
+    finally:
+        hook.remove()
+    assert weighted and set(weighted) == {(0.5, 1.5, 2.0)}
+    assert seen and set(seen) == {(1.0, 1.0, 1.0)}
