@@ -32,6 +32,10 @@ def cmd_render(a) -> int:
         print("note: --model tiny-random is a tiny model with random weights: the video is noise. It shows that "
               "everything runs; use a real model (README, 'Where model files go') for a real result.", file=sys.stderr)
     model = load_model(a.model, device=device, dtype=_dtype(a.dtype, device))
+    if a.compile:  # the first clip pays for compiling; worth it for long tracks on a GPU (see benchmarks/)
+        model.backbone.unet.compile()
+        if model.vae is not None:
+            model.vae.decoder.compile()
     bar = tqdm(total=None, unit="step", desc="EMO", dynamic_ncols=True)
 
     def progress(p):
@@ -107,6 +111,8 @@ def main(argv=None) -> int:
                         "the path of glintr100.onnx or its folder")
     r.add_argument("--pose", help="EchoMimic _pose models: EchoMimic's pose folder (per-frame landmark .pkl/.npy), or a "
                                   "video / folder of drawn pose frames, one per video frame")
+    r.add_argument("--compile", action="store_true",
+                   help="torch.compile the backbone and the VAE decoder (slow first clip; for long renders on a GPU)")
     r.add_argument("--device", default="auto")
     r.add_argument("--dtype", choices=["auto", *DTYPES], default="auto")
     r.set_defaults(func=cmd_render)

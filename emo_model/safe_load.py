@@ -29,7 +29,12 @@ def load_tensors(path) -> dict:
             raise EMOCheckpointError(f"{path} is not a readable safetensors file ({_first_line(e)}); it may be "
                                      f"truncated: {FIX}") from None
     try:
-        sd = torch.load(str(path), map_location="cpu", weights_only=True)
+        try:  # memory-mapped: tensors are read from the file when used (recognising a file costs no full read)
+            sd = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:
+            if "mmap" not in str(e):
+                raise
+            sd = torch.load(str(path), map_location="cpu", weights_only=True)  # pre-zip (torch < 1.6) format
     except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError, KeyError, ... for bad files
         if isinstance(e, pickle.UnpicklingError) and "weights only load failed" in str(e).lower():
             raise EMOCheckpointError(
