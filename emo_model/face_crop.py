@@ -59,6 +59,8 @@ class CropInfo:
     face_box:   (x0, y0, x1, y1) of the face in crop pixels (the whole crop in 'whole' mode).
     pad:        how crop pixels outside the picture are made: 'replicate' | 'reflect'.
     mode:       'face' (detected), 'mask' (from a MASK) or 'whole' (whole image, no face box).
+    mouth:      ((x, y), (x, y)) the mouth corners in crop pixels when the detector gives keypoints (YuNet, SCRFD),
+                else None; Hallo's lip region is placed on them.
     """
 
     source_hw: tuple[int, int]
@@ -67,6 +69,7 @@ class CropInfo:
     face_box: tuple[float, float, float, float]
     pad: str = "replicate"
     mode: str = "face"
+    mouth: tuple | None = None
 
     @property
     def scale(self) -> float:
@@ -158,7 +161,11 @@ def plan_crop(image_hw, boxes: list[FaceBox] | FaceBox | None = None, mask=None,
     x0, y0 = int(round(cx - side / 2)), int(round(cy - side / 2))
     s = res / side
     face_box = ((face.x0 - x0) * s, (face.y0 - y0) * s, (face.x1 - x0) * s, (face.y1 - y0) * s)
-    return CropInfo((h, w), (x0, y0, side), res, tuple(float(v) for v in face_box), pad, mode)
+    mouth = None
+    kps = getattr(face, "keypoints", None) if mode == "face" else None
+    if kps is not None:  # insightface's 5-point order: eyes, nose tip, left and right mouth corner
+        mouth = tuple((float((x - x0) * s), float((y - y0) * s)) for x, y in kps[3:5])
+    return CropInfo((h, w), (x0, y0, side), res, tuple(float(v) for v in face_box), pad, mode, mouth)
 
 
 def find_crop(image, mask=None, detector: str = "auto", model_path=None, threshold: float | None = None,

@@ -184,12 +184,14 @@ class EMOPipeline:
 
     # ------------------------------------------------------------------ reference
     @torch.no_grad()
-    def encode_reference(self, image, face_mask, identity_embedding=None, locator_frames=None) -> EncodedReference:
+    def encode_reference(self, image, face_mask, identity_embedding=None, locator_frames=None,
+                         mouth=None) -> EncodedReference:
         """image: [H, W, 3] float 0..1 (the square face crop; resized to the model's resolution if needed);
         face_mask: [H, W] 0..1, the face-region box (union over the clip). identity_embedding: [512] face embedding
         for Hallo's identity tokens, or None (Hallo then uses a zero embedding, as its own script does without a face).
         locator_frames: [L, H, W, 3] float 0..1, one drawing per video frame for a face locator driven by pose
-        images (EchoMimic's `_pose` sets; `pose_frames.load_pose_frames` reads them); frame i drives video frame i."""
+        images (EchoMimic's `_pose` sets; `pose_frames.load_pose_frames` reads them); frame i drives video frame i.
+        mouth: ((x, y), (x, y)) mouth corners in `face_mask` pixels (`CropInfo.mouth`), to place Hallo's lip region."""
         res = self.config.resolution
         pose = self.config.locator_input == "pose"
         if pose and locator_frames is None:
@@ -225,7 +227,9 @@ class EMOPipeline:
             locator = rearrange((frames.clamp(0, 1) * 255).round().to(torch.uint8), "l c h w -> 1 c l h w")
         masks = None
         if self.config.audio_attention and self.config.audio_attention.get("regions"):
-            masks = region_masks(mask[0, 0].numpy(), self.config.latent_size)
+            k = res / face_mask.shape[-1]  # mouth corners: face-mask pixels -> model pixels
+            corners = None if mouth is None else tuple((x * k, y * k) for x, y in mouth)
+            masks = region_masks(mask[0, 0].numpy(), self.config.latent_size, corners)
         emb = None if identity_embedding is None else torch.as_tensor(identity_embedding, dtype=torch.float32).reshape(1, -1)
         return EncodedReference(img, latent.cpu(), locator, masks, emb)
 

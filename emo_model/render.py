@@ -48,7 +48,7 @@ def render(model, image, audio, out, *, steps=None, seed=0, fps=None, audio_cfg=
     enc_audio = pipe.encode_audio(wave, sr, fps, frames_per_clip)
     emb = _identity(model, face, identity)
     frames = None if pose is None else load_pose_frames(pose, cfg.resolution, enc_audio.num_frames)
-    ref = pipe.encode_reference(torch.from_numpy(face).float() / 255, face_region_mask(info), emb, frames)
+    ref = pipe.encode_reference(torch.from_numpy(face).float() / 255, face_region_mask(info), emb, frames, info.mouth)
     match = None
 
     def emit(clip):  # on the worker thread, one clip after another

@@ -111,5 +111,5 @@ class EMOReferenceEncode(io.ComfyNode):
         if pose_frames is not None:
             frames = pose_frames_from_images(pose_frames.float().cpu().numpy(), res, name="pose_frames")
         emo_model.to_compute_device()
-        reference = emo_model.pipeline.encode_reference(crop, region, emb, frames)
+        reference = emo_model.pipeline.encode_reference(crop, region, emb, frames, info.mouth)
         return io.NodeOutput(reference, CropPlacement(info, picture), crop[None])

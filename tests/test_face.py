@@ -225,3 +225,31 @@ def test_scrfd_decoding():
     assert boxes[0].tolist() == pytest.approx([160 - 32, 80 - 48, 160 + 64, 80 + 80])
     with pytest.raises(EMOCheckpointError, match="SCRFD"):
         scrfd_decode([np.zeros((1, 7, 3), np.float32)], size, 0.5)
+
+
+def test_mouth_corners_place_hallo_lip_region():
+    """With detector keypoints the crop records the mouth corners (crop pixels) and Hallo's lip mask is centred on
+    them (a turned, raised, off-centre mouth here); without keypoints it falls back to where lips sit in a frontal
+    face box, far from this mouth."""
+    from emo_model.face_crop import plan_crop
+    from emo_model.region_masks import region_masks
+    kps = np.array([[110, 95], [165, 95], [135, 115], [110, 142], [150, 134]], np.float32)  # mouth at (130, 138)
+    box = FaceBox(90, 60, 210, 200, 0.9, keypoints=kps)
+    info = plan_crop((400, 300), [box], margin=0.5, resolution=512)
+    x0, y0, side = info.box
+    s = 512 / side
+    assert np.allclose(info.mouth, [((110 - x0) * s, (142 - y0) * s), ((150 - x0) * s, (134 - y0) * s)], atol=1e-3)
+    assert plan_crop((400, 300), [FaceBox(90, 60, 210, 200, 0.9)], resolution=512).mouth is None
+
+    def centroid(levels):  # level 0 of a [1, 64*64] mask -> (x, y) in pixels of the 512 crop
+        m = levels[0].reshape(64, 64).numpy() ** 4  # the peak, not the blur's long tail
+        ys, xs = np.mgrid[0:64, 0:64]
+        return (np.array([(xs * m).sum(), (ys * m).sum()]) / m.sum() + 0.5) * 8
+
+    mask = face_region_mask(info)
+    mouth_centre = np.mean(info.mouth, axis=0)
+    with_mouth = centroid(region_masks(mask, 64, info.mouth)[2])
+    frontal = centroid(region_masks(mask, 64)[2])
+    print("mouth", mouth_centre, "lip mask centre", with_mouth, "frontal estimate", frontal)
+    assert np.abs(with_mouth - mouth_centre).max() < 8       # within one latent pixel
+    assert np.abs(frontal - mouth_centre).max() > 40
