@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from diffusers import DDIMScheduler
 from einops import rearrange
 
+from .audio_encoder import Wav2VecAudioEncoder
 from .audio_io import count_frames, fps_fraction, mix_and_resample
 from .backbone import BackboneContext
 from .errors import EMOInputError
@@ -32,10 +33,11 @@ from .region_masks import region_masks
 
 @dataclass
 class EncodedAudio:
-    """Audio tokens per video frame, on the CPU: either `stored` = the tokens [F_pad, T, D] (F_pad >= num_frames,
-    padded to whole clips), or, for a model with an audio projection, `features` = the encoder's features
-    [F_feat, L, C] at the video rate, projected clip by clip (`project(start, end)` -> tokens [end - start, T, D];
-    wav2vec's 12 x 768 values per frame take ~2.7x less memory than Hallo's 32 x 768 tokens)."""
+    """What the sampler needs of a track, on the CPU: either `stored` = audio tokens per video frame [F_pad, T, D]
+    (F_pad >= num_frames, padded to whole clips; EchoMimic's whisper chunks), or `features` = the audio encoder's
+    features per video frame [F_feat, L, C] (wav2vec2, all layers), windowed +-`window` frames and projected to
+    tokens clip by clip by the pipeline (`EMOPipeline.audio_tokens`): 12 x 768 values per frame instead of Hallo's
+    32 x 768 tokens, ~2.7x less memory for a long track. Holds no reference to the model."""
     stored: torch.Tensor | None
     num_frames: int
     fps: Fraction
@@ -43,31 +45,16 @@ class EncodedAudio:
     sample_rate: int
     features: torch.Tensor | None = None
     padded_frames: int = 0      # F_pad when `features` are kept
-    project: Callable | None = field(default=None, repr=False)
+    window: int = 2             # m: frame i's tokens see features i-m .. i+m
 
     @property
     def duration(self) -> float:
         return self.waveform.shape[-1] / self.sample_rate
 
-    def frame_tokens(self, start: int, end: int) -> torch.Tensor:
-        """Tokens of video frames start..end-1 [end - start, T, D]; frames past the encoded ones repeat the last."""
-        if self.features is None:
-            t = self.stored[start:end]
-        else:
-            n = self.features.shape[0]
-            s0, e0 = min(start, n - 1), min(max(end, start + 1), n)
-            t = self.project(s0, e0)[(torch.arange(start, end).clamp(max=n - 1) - s0)]
-        if t.shape[0] < end - start:
-            t = torch.cat([t, t[-1:].expand(end - start - t.shape[0], -1, -1)])
-        return t
-
     @property
-    def tokens(self) -> torch.Tensor:
-        """All tokens [F_pad, T, D] (made on demand when features are kept)."""
-        if self.features is None:
-            return self.stored
-        return torch.cat([self.frame_tokens(s, min(s + 256, self.padded_frames))
-                          for s in range(0, self.padded_frames, 256)])
+    def length(self) -> int:
+        """F_pad: frames with tokens (num_frames padded to whole clips in motion-frames mode)."""
+        return self.stored.shape[0] if self.features is None else self.padded_frames
 
 
 @dataclass
@@ -154,14 +141,44 @@ class EMOPipeline:
         n_pad = max(n_pad, num_frames)
         if cfg.audio_encoder["kind"] == "whisper":
             return EncodedAudio(out.to(self.dtype), num_frames, fps_q, waveform, sample_rate)
-        proj, m = self.model.audio_projection, cfg.audio_encoder.get("window", 2)
-        feats = out.to(self.dtype)
+        return EncodedAudio(None, num_frames, fps_q, waveform, sample_rate, out.to(self.dtype), n_pad,
+                            cfg.audio_encoder.get("window", 2))
 
-        @torch.no_grad()
-        def project(s, e):  # [e - s, T, D] on the CPU
-            return proj(enc.window(feats, m, s, e).to(self.device, self.dtype)).cpu()
+    @torch.no_grad()
+    def audio_tokens(self, audio: EncodedAudio, start: int = 0, end: int | None = None) -> torch.Tensor:
+        """Audio tokens of video frames start..end-1 (default: all F_pad), [end - start, T, D] on the model's
+        device; frames past the encoded ones repeat the last. Kept features are windowed and projected here."""
+        end = audio.length if end is None else end
+        self._check_audio(audio)
+        if audio.features is None:
+            t = audio.stored[start:end].to(self.device, self.dtype)
+        else:
+            out = []
+            n = audio.features.shape[0]
+            for a in range(start, end, 256):  # in pieces: a whole track's tokens at once could be large
+                b = min(a + 256, end)
+                s0, e0 = min(a, n - 1), min(max(b, a + 1), n)
+                win = Wav2VecAudioEncoder.window(audio.features, audio.window, s0, e0)  # [b - a, 2m+1, L, C]
+                t = self.model.audio_projection(win.to(self.device, self.dtype))
+                out.append(t[(torch.arange(a, b).clamp(max=n - 1) - s0).to(t.device)])
+            t = torch.cat(out)
+        if t.shape[0] < end - start:
+            t = torch.cat([t, t[-1:].expand(end - start - t.shape[0], -1, -1)])
+        return t
 
-        return EncodedAudio(None, num_frames, fps_q, waveform, sample_rate, feats, n_pad, project)
+    def _check_audio(self, audio: EncodedAudio) -> None:
+        """An encoded track made with another kind of model gets a clear error, not a shape error in the UNet."""
+        cfg = self.config
+        proj = cfg.audio_projection
+        if audio.features is not None:
+            ok = proj is not None and tuple(audio.features.shape[1:]) == (proj["blocks"], proj["channels"])
+        else:
+            width = (cfg.audio_attention or {}).get("audio_dim") or cfg.unet.get("cross_attention_dim")
+            ok = proj is None and audio.stored.shape[-1] == width
+        if not ok:
+            raise EMOInputError("the encoded audio was made with a different kind of model (its audio features do not "
+                                "fit this one): encode the audio again with the model you sample with (connect EMO "
+                                "Audio Encode to the same Load EMO Models)")
 
     def _audio_features(self, enc, wave16, fps_q, num_frames, f):
         """16 kHz mono [samples] -> whisper tokens [>= num_frames, 50, 384], or wav2vec features [F, L, C] at the
@@ -390,7 +407,7 @@ class EMOPipeline:
                 motion_latents = (ref.latent.to(self.device, self.dtype).expand(n, -1, -1, -1)
                                   if cfg.first_clip_motion == "reference" else
                                   torch.zeros(n, 4, latent_size, latent_size, device=self.device, dtype=self.dtype))
-            tokens = audio.frame_tokens(k * f, (k + 1) * f).to(self.device, self.dtype)
+            tokens = self.audio_tokens(audio, k * f, (k + 1) * f)
             ctx, ehs = self.clip_conditions(ref, tokens, passes, ref_bank, motion_latents if n > 0 else None,
                                             region_weights, speed_feats)
             noise = torch.randn((1, 4, f, latent_size, latent_size), generator=gen)
@@ -490,7 +507,7 @@ class EMOPipeline:
         latents = noise.to(self.device, self.dtype) * sched.init_noise_sigma
         weights = torch.tensor([w for _, w in passes], dtype=self.dtype).view(-1, 1, 1, 1, 1).to(self.device)
         # Everything indexed per window is made before the loop: no host->device copy inside it.
-        tokens_all = audio.frame_tokens(0, L).to(self.device, self.dtype)              # [L, T, D]
+        tokens_all = self.audio_tokens(audio, 0, L)                                    # [L, T, D]
         index = [[(torch.tensor(w), torch.tensor(w).to(self.device)) for w in windows] for windows in schedule]
         counts = []
         for windows in schedule:

@@ -63,7 +63,7 @@ def _outputs(name, folder, model) -> dict:
             fps = meta["fps"]
         x = d["noisy_latents"].expand(len(passes), -1, -1, -1, -1)
         out = model.backbone(x, d["timestep"][0], ehs, ctx)
-        tokens = pipe.encode_audio(audio["waveform"], 16000, fps).tokens
+        tokens = pipe.audio_tokens(pipe.encode_audio(audio["waveform"], 16000, fps))
     return {"backbone": out, "audio_tokens": tokens, "expected_cond": d["out_cond"]}
 
 

@@ -281,3 +281,15 @@ def test_swapped_files_are_named(em, tmp_path):
                                                          "face_locator.pth": "motion_module.pth"})
     with pytest.raises(EMOCheckpointError, match="does not hold EchoMimic's"):
         load_model(folder, vae_path=False)
+
+
+def test_audio_of_another_kind_of_model_is_refused(model, pipe):
+    """Audio encoded by a wav2vec2 model (the tiny native one) given to EchoMimic, and EchoMimic's whisper tokens given
+    to the wav2vec2 model: a clear error naming the fix, before any UNet work."""
+    wave = torch.sin(torch.arange(8000) / 16000 * 2 * torch.pi * 220)[None] * 0.3
+    w2v_audio = pipe.encode_audio(wave, 16000, 25)
+    with pytest.raises(EMOInputError, match="encode the audio again"):
+        EMOPipeline(model).audio_tokens(w2v_audio)
+    whisper_audio = EMOPipeline(model).encode_audio(wave, 16000, 25)
+    with pytest.raises(EMOInputError, match="encode the audio again"):
+        pipe.audio_tokens(whisper_audio)

@@ -93,7 +93,7 @@ def test_batched_guidance_passes_match_one_by_one(pipe64, first_clip):
     passes = guidance_passes(2.0, 1.5)  # uncond, ref-only, full
     assert len(passes) == 3
     ref = _ref(pipe)
-    tokens = pipe.encode_audio(_voice(0.4), 16000, 25).tokens[f:2 * f]
+    tokens = pipe.audio_tokens(pipe.encode_audio(_voice(0.4), 16000, 25), f, 2 * f)
     g = torch.Generator().manual_seed(3)
     motion = ref.latent.expand(n, -1, -1, -1) if first_clip else torch.randn(n, 4, s, s, generator=g).double()
     speed = model.speed_encoder(torch.full((1, f), 0.7, dtype=torch.float64))
@@ -229,7 +229,7 @@ def test_deepcopy_runs_on_its_own_context(pipe):
     f, n, s = cfg.frames_per_clip, cfg.motion_frames, cfg.latent_size
     ref = _ref(pipe)
     passes = guidance_passes(2.0, 1.5)
-    tokens = pipe.encode_audio(_voice(0.2), 16000, 25).tokens[:f]
+    tokens = pipe.audio_tokens(pipe.encode_audio(_voice(0.2), 16000, 25), 0, f)
     motion = torch.randn(n, 4, s, s, generator=torch.Generator().manual_seed(5))
     x = torch.randn(1, 4, f, s, s, generator=torch.Generator().manual_seed(6)).expand(len(passes), -1, -1, -1, -1)
     with torch.no_grad():

@@ -71,6 +71,18 @@ def test_recognised_and_configured(hallo):
     assert cfg.identity["tokens"] == icfg["image_proj"]["clip_extra_context_tokens"]
 
 
+def test_pipeline_audio_tokens(hallo, meta):
+    """The pipeline's own audio path (encode_audio: 16 kHz wave -> wav2vec2 features at 25 fps padded to whole clips;
+    audio_tokens: +-2 window and projection, per clip) gives Hallo's audio tokens for the fixture's waveform."""
+    folder, model, pipe = hallo
+    d = load_file(folder / "audio.safetensors")
+    audio = pipe.encode_audio(d["waveform"], 16000, 25, frames_per_clip=meta["clip_length_for_audio_padding"])
+    assert audio.num_frames == int(d["audio_length"]) == meta["audio_length"]
+    tokens = pipe.audio_tokens(audio)
+    assert tokens.shape[0] == meta["audio_seq_len_padded"]
+    _close(tokens, d["audio_tokens"])
+
+
 def test_face_locator(hallo):
     folder, model, _ = hallo
     d = load_file(folder / "face_locator.safetensors")

@@ -73,19 +73,20 @@ def test_frame_count_exact(pipe, seconds, fps):
     q = {29.97: Fraction(30000, 1001), 23.976: Fraction(24000, 1001)}.get(fps, Fraction(fps))
     assert audio.num_frames == math.ceil(Fraction(wave.shape[-1], 16000) * q)
     assert audio.fps == q
-    assert audio.tokens.shape[0] >= audio.num_frames and audio.tokens.ndim == 3  # [F, T, D]
+    tokens = pipe.audio_tokens(audio)
+    assert tokens.shape[0] >= audio.num_frames and tokens.ndim == 3  # [F, T, D]
 
 
 def test_audio_tokens_are_local(pipe):
     """Frame i's tokens depend on audio near frame i, not on audio far away (wav2vec2 is encoded in chunks)."""
     wave = _voice(70.0)
-    base = pipe.encode_audio(wave, 16000, 25).tokens
+    base = pipe.audio_tokens(pipe.encode_audio(wave, 16000, 25))
     far = wave.clone()
     far[:, 60 * 16000:] = 0.0  # change the audio from 60 s on
     near = wave.clone()
     near[:, 16000:24000] *= -1  # change the audio at 1.0-1.5 s
-    t_far = pipe.encode_audio(far, 16000, 25).tokens
-    t_near = pipe.encode_audio(near, 16000, 25).tokens
+    t_far = pipe.audio_tokens(pipe.encode_audio(far, 16000, 25))
+    t_near = pipe.audio_tokens(pipe.encode_audio(near, 16000, 25))
     assert torch.equal(t_far[:25 * 20], base[:25 * 20])  # the first 20 s are untouched by a change at 60 s
     assert not torch.allclose(t_far[25 * 61:], base[25 * 61:])
     assert not torch.allclose(t_near[25:38], base[25:38])
@@ -104,8 +105,8 @@ def test_clip_tokens_are_the_whole_track_tokens(pipe):
     n = whole.shape[0]
     for s, e in [(0, 4), (3, 9), (30, 36), (n - 1, n + 3), (n + 2, n + 5)]:
         expected = whole[torch.arange(s, e).clamp(max=n - 1)]
-        torch.testing.assert_close(audio.frame_tokens(s, e), expected, atol=1e-5, rtol=0)
-    torch.testing.assert_close(audio.tokens, whole[torch.arange(audio.padded_frames).clamp(max=n - 1)], atol=1e-5,
+        torch.testing.assert_close(pipe.audio_tokens(audio, s, e), expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(pipe.audio_tokens(audio), whole[torch.arange(audio.padded_frames).clamp(max=n - 1)], atol=1e-5,
                                rtol=0)
 
 
@@ -135,7 +136,7 @@ def test_motion_frames_carry_into_the_next_clip(pipe):
     # and the features of the motion frames change the backbone's output for the same noise
     passes = [(p, w) for p, w in __import__("emo_model.pipeline", fromlist=["x"]).guidance_passes(1.0, 1.0)]
     bank = pipe._reference_bank(ref, 2)
-    tokens = audio.tokens[:4]
+    tokens = pipe.audio_tokens(audio, 0, 4)
     x = torch.randn(1, 4, 4, 8, 8)
     outs = []
     with torch.no_grad():
