@@ -188,6 +188,29 @@ def run(args, model, timer, device, name, steps, audio_cfg, ref_cfg, out_dir) ->
                 split=split)
 
 
+def sync_check(model, steps, audio_cfg, ref_cfg, out_dir) -> dict:
+    """One short render with `torch.cuda.set_sync_debug_mode("warn")`: every operation that makes the host wait for
+    the GPU raises a warning at the Python line that caused it. Returns {file:line: count}; the lines inside the
+    pipeline's step loops (`_denoise`, `_sample_windows`) should never appear (decoding a finished clip to the host
+    is expected, once per clip)."""
+    import warnings
+    res = model.config.resolution
+    wave, image = inputs(res, 2 * model.config.frames_per_clip / 25)
+    seen: dict[str, int] = {}
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            render_clip(model, wave, image, out_dir / "synccheck.mp4", steps, audio_cfg, ref_cfg)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    for w in caught:
+        if "synchroniz" in str(w.message):
+            key = f"{Path(w.filename).name}:{w.lineno}"
+            seen[key] = seen.get(key, 0) + 1
+    return seen
+
+
 def table(rows) -> str:
     cols = ["scenario", "res", "steps", "passes", "frames", "s/frame", "fps", "VRAM GiB", "RAM GiB"] + \
            [f"{p} %" for p in PHASES + ("other",)]
@@ -213,6 +236,8 @@ def main(argv=None):
     ap.add_argument("--resolution", type=int, default=None, help="pixel side (default: the config's, 512 full size)")
     ap.add_argument("--compile", action="store_true", help="torch.compile the backbone UNet and the VAE decoder")
     ap.add_argument("--no-warmup", dest="warmup", action="store_false")
+    ap.add_argument("--check-syncs", action="store_true",
+                    help="CUDA: also run a short render in sync-debug mode and list the lines that made the host wait")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--out", type=Path, default=None, help="keep the mp4 files in this folder (default: a temp dir)")
     args = ap.parse_args(argv)
@@ -252,6 +277,12 @@ def main(argv=None):
             audio_cfg = s["audio_cfg"] if args.audio_cfg is None else args.audio_cfg
             ref_cfg = s["ref_cfg"] if args.ref_cfg is None else args.ref_cfg
             rows.append(run(args, model, timer, device, name, steps, audio_cfg, ref_cfg, out_dir))
+            if args.check_syncs and device.type == "cuda":
+                syncs = sync_check(model, steps, audio_cfg, ref_cfg, out_dir)
+                print(f"{name}: host<->GPU syncs by source line (steps {steps}, 2 clips): " +
+                      (", ".join(f"{k} x{v}" for k, v in sorted(syncs.items())) or "none"), flush=True)
+            elif args.check_syncs:
+                print("--check-syncs needs a CUDA device; skipped", flush=True)
             r = rows[-1]
             print(f"{name}: {r['frames']} frames in {r['wall']:.1f} s  " +
                   "  ".join(f"{k} {v:.2f}s" for k, v in r["split"].items()), flush=True)
