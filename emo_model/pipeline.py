@@ -388,6 +388,7 @@ class EMOPipeline:
         if cfg.temporal_mode == "motion_frames" and f + n > max_len:
             raise EMOInputError(f"frames per clip + motion frames = {f + n} exceeds the temporal modules' {max_len} "
                                 "positions: lower one of them")
+        self._check_audio(audio)
         passes = guidance_passes(audio_cfg, ref_cfg)
         speed_feats = None
         if self.model.speed_encoder is not None:
