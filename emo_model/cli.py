@@ -31,6 +31,13 @@ def cmd_render(a) -> int:
     if a.model == "tiny-random":
         print("note: --model tiny-random is a tiny model with random weights: the video is noise. It shows that "
               "everything runs; use a real model (README, 'Where model files go') for a real result.", file=sys.stderr)
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)  # the folder the user named
+    if out.exists() and not a.overwrite:  # never replace a file the user has: take the next free name
+        kept, n = out, 2
+        while out.exists():
+            out, n = kept.with_name(f"{kept.stem}_{n}{kept.suffix}"), n + 1
+        print(f"note: {kept} exists and is kept; writing {out} (--overwrite replaces it)", file=sys.stderr)
     model = load_model(a.model, device=device, dtype=_dtype(a.dtype, device))
     if a.compile:  # the first clip pays for compiling; worth it for long tracks on a GPU (see benchmarks/)
         model.backbone.unet.compile()
@@ -45,7 +52,7 @@ def cmd_render(a) -> int:
         bar.update(p.step - bar.n)
 
     try:
-        s = render(model, a.image, a.audio, a.out, steps=a.steps, seed=a.seed, fps=a.fps, audio_cfg=a.audio_cfg,
+        s = render(model, a.image, a.audio, out, steps=a.steps, seed=a.seed, fps=a.fps, audio_cfg=a.audio_cfg,
                    ref_cfg=a.ref_cfg, speed=a.speed, frames_per_clip=a.frames_per_clip,
                    motion_frames=a.motion_frames, framing=a.framing, detector=a.detector,
                    detector_file=a.detector_file, face_index=a.face_index, margin=a.margin,
@@ -86,7 +93,9 @@ def main(argv=None) -> int:
     r.add_argument("--image", required=True, help="portrait (any framing), or 'example' for scikit-image's astronaut")
     r.add_argument("--audio", required=True, help="speech or singing track (wav, mp3, flac, m4a, or a video with sound)")
     r.add_argument("--model", required=True, help="model folder or file (native, Hallo, EchoMimic) or 'tiny-random'")
-    r.add_argument("--out", required=True, help="the .mp4 to write")
+    r.add_argument("--out", required=True, help="the .mp4 to write (its folder is created; an existing file is kept "
+                                                "and the video gets the next free name, unless --overwrite)")
+    r.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     r.add_argument("--steps", type=int, help="denoising steps (default: the checkpoint's)")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--fps", type=float, help="frame rate, e.g. 25 or 29.97 (default: the checkpoint's)")

@@ -235,16 +235,22 @@ def test_cli_render_writes_mp4_with_matching_audio(tiny_dir, tmp_path):
             c.mux(p)
         for p in s.encode(None):
             c.mux(p)
-    out = tmp_path / "out.mp4"
-    rc = main(["render", "--image", "example", "--audio", str(wav), "--model", str(tiny_dir), "--out", str(out),
-               "--steps", "1", "--fps", "29.97", "--framing", "crop"])
-    assert rc == 0
+    out = tmp_path / "new" / "folder" / "out.mp4"  # the folder named by --out is created
+    args = ["render", "--image", "example", "--audio", str(wav), "--model", str(tiny_dir), "--out", str(out),
+            "--steps", "1", "--fps", "29.97", "--framing", "crop"]
+    assert main(args) == 0
     info = probe(out)
     expected = math.ceil(Fraction(8000, 16000) * Fraction(30000, 1001))
     assert info["frames"] == expected
     assert info["fps"] == Fraction(30000, 1001)
     assert info["audio_codec"] == "aac" and abs(info["audio_duration"] - expected * 1001 / 30000) <= 1001 / 30000
     assert (info["width"], info["height"]) == (64, 64)
+    # a second render never replaces the first: it takes the next free name, unless --overwrite
+    first = out.read_bytes()
+    assert main(args[:-2] + ["--framing", "full"]) == 0
+    assert out.read_bytes() == first and probe(out.with_name("out_2.mp4"))["width"] != 64
+    assert main(args[:-2] + ["--framing", "full", "--overwrite"]) == 0
+    assert out.read_bytes() != first and not out.with_name("out_3.mp4").exists()
 
 
 def test_cli_reports_bad_input_without_traceback(tiny_dir, tmp_path, capsys):
