@@ -242,3 +242,15 @@ def test_deepcopy_runs_on_its_own_context(pipe):
         c = twin.backbone(x, 500, ehs, ctx)
         torch.testing.assert_close(model.backbone(x, 500, ehs, ctx), a, atol=1e-6, rtol=0)
     assert (c - a).abs().max() > 1e-3
+
+
+def test_decoded_tail_on_device_matches_the_frames(pipe):
+    """The motion frames are re-encoded from the decoded pixels still on the device: the kept tail equals the last
+    frames handed out (as -1..1 pixels), also when it spans two decode slices (8 frames per slice here)."""
+    s = pipe.config.latent_size
+    latents = torch.randn(10, 4, s, s, generator=torch.Generator().manual_seed(4))
+    for keep in (3, 1, 10):
+        frames, tail = pipe._decode(latents, keep_last=keep)
+        assert frames.shape[0] == 10 and tail.shape[0] == keep
+        torch.testing.assert_close(tail.float().cpu(), frames[-keep:].permute(0, 3, 1, 2) * 2 - 1, atol=1e-5, rtol=0)
+    assert pipe._decode(latents)[1] is None
