@@ -12,6 +12,17 @@ def fixtures_dir() -> Path:
     return Path(env) if env else ROOT.parent / "shared" / "fixtures"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_thread():
+    """Every model in the tests is tiny: on a shared 2-core machine extra torch threads cost more than they give
+    (OpenMP threads spin while other processes hold the cores; EchoMimic's sampling test: 36 s -> 4 s)."""
+    import torch
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def fixtures() -> Path:
     path = fixtures_dir()

@@ -20,14 +20,6 @@ TOL = dict(atol=1e-6, rtol=0)
 SETS = {"hallo": "hallo-tiny/net.pth", "echomimic": "echomimic-tiny"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module", params=list(SETS))
 def converted(request, fixtures, tmp_path_factory):
     """(name, fixture folder, source model, converted folder, model loaded from it), both without a VAE."""

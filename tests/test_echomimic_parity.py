@@ -26,15 +26,6 @@ from emo_model.pipeline import FULL, UNCOND, context_windows, guidance_passes
 ATOL, RTOL = 1e-4, 1e-4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tensors are tiny: on a busy 2-core machine extra threads cost more than they give (sampling 36 s -> 4 s)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def em(fixtures):
     return fixtures / "echomimic-tiny"

@@ -271,7 +271,6 @@ def test_pose_sampling_drives_each_frame_with_its_drawing(pose_model):
 
     from emo_model import EMOPipeline, EncodedAudio
     from emo_model.pipeline import context_windows
-    torch.set_num_threads(1)
     pipe = EMOPipeline(pose_model)
     res, L = 64, 14
     face = torch.rand(res, res, 3, generator=torch.Generator().manual_seed(1))

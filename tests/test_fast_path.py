@@ -1,7 +1,7 @@
 """Fast paths against reference paths on the tiny random model (CPU): half precision vs fp32, guidance passes batched
 vs one by one, ReferenceNet work per video, and memory that stays flat for long tracks (the CLI's streaming render).
 
-Everything runs with one torch thread: on a shared 2-core machine OpenMP's spinning threads make these tiny models
+Everything runs with one torch thread (conftest.py): on a shared 2-core machine OpenMP's spinning threads make these tiny models
 10-30x slower with 2 threads than with 1.
 """
 import json
@@ -33,14 +33,6 @@ def pipe64(tiny_dir):
     """float64: batching changes the order of float sums, and the random tiny model amplifies float32 rounding to
     ~2e-4 relative; in float64 that noise is ~1e-12, so any difference above 1e-5 is a real one."""
     return EMOPipeline(load_model(tiny_dir, dtype=torch.float64))
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _voice(seconds, sr=16000, seed=0):
