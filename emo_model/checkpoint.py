@@ -105,13 +105,14 @@ def find_vae(path) -> Path | None:
 
 
 def load_model(path, device="cpu", dtype=torch.float32, vae_path=None, audio_encoder_path=None,
-               accelerated: bool | None = None) -> EMOModel:
+               accelerated: bool | None = None, pose: bool | None = None) -> EMOModel:
     """Load any supported checkpoint. `path`: native folder, Hallo net.pth or its folder, EchoMimic folder (or one
     of its .pth files; an `_acc` file picks the accelerated set), or "tiny-random" (a tiny random model for trying
     things out: its output is noise). vae_path: a VAE folder/file, None to find the checkpoint's own, or False to
     load none (model.vae stays None: for latent-only use such as tests; attach a VAE before encoding or decoding).
     accelerated (EchoMimic): True/False picks the `_acc`/standard set, None the standard one when present (a picked
-    `_acc` file picks the accelerated set, a picked `_pose` file the landmark-driven set).
+    `_acc` file picks the accelerated set). pose (EchoMimic): True/False picks the landmark-driven `_pose` / the
+    audio-driven set, None the audio-driven one when present (a picked `_pose` file picks the pose set).
     Returns the model in eval mode."""
     if str(path) == "tiny-random":
         path = make_tiny(Path(tempfile.mkdtemp(prefix="emo-tiny-")))
@@ -122,11 +123,10 @@ def load_model(path, device="cpu", dtype=torch.float32, vae_path=None, audio_enc
     elif kind == "hallo":
         model = _load_hallo(p, vae_path, audio_encoder_path)
     else:
-        pose = None
         if p.is_file():
             from .echomimic_format import echomimic_variant
             variant = echomimic_variant(p)
-            pose = variant["pose"]
+            pose = variant["pose"] if pose is None else pose
             accelerated = variant["accelerated"] if accelerated is None else accelerated
         model = _load_echomimic(p if p.is_dir() else p.parent, vae_path, audio_encoder_path, accelerated, pose)
     model.sources["checkpoint"] = p

@@ -23,6 +23,11 @@ def _audio_encoders() -> list[str]:
     return sorted(names)
 
 
+# EchoMimic file sets: option -> (pose, accelerated) for load_model (None: the loader's default)
+ECHOMIMIC_SETS = {"auto": (None, None), "audio": (False, False), "audio accelerated": (False, True),
+                  "pose": (True, False), "pose accelerated": (True, True)}
+
+
 def _core_file(folder: str, name: str) -> str | None:
     if name == FROM_CHECKPOINT:
         return None
@@ -64,6 +69,11 @@ class EMOLoadModels(io.ComfyNode):
                 io.Combo.Input("device", options=["auto", "cpu"], default="auto",
                                tooltip="auto: ComfyUI's main device (the GPU when there is one). cpu: run on the "
                                        "CPU (slow, for testing)."),
+                io.Combo.Input("echomimic_set", options=list(ECHOMIMIC_SETS), default="auto", optional=True,
+                               tooltip="EchoMimic folders only (others ignore it): which set of files to load when the "
+                                       "folder holds several. audio: denoising_unet.pth ... (30 steps, CFG 2.5); "
+                                       "accelerated: the _acc files (6 steps, no CFG); pose: the _pose files (needs "
+                                       "pose frames, see EMO Load Pose). auto: the audio set when present."),
             ],
             outputs=[EmoModel.Output(display_name="emo_model", tooltip="The loaded model for the other EMO nodes.")],
         )
@@ -75,7 +85,8 @@ class EMOLoadModels(io.ComfyNode):
         return True
 
     @classmethod
-    def execute(cls, checkpoint, precision, device, vae=FROM_CHECKPOINT, audio_encoder=FROM_CHECKPOINT):
+    def execute(cls, checkpoint, precision, device, vae=FROM_CHECKPOINT, audio_encoder=FROM_CHECKPOINT,
+                echomimic_set="auto"):
         path = checkpoint_path(checkpoint)
         vae_path, audio_path = _core_file("vae", vae), _core_file("audio_encoders", audio_encoder)
         if device == "cpu":
@@ -87,7 +98,8 @@ class EMOLoadModels(io.ComfyNode):
                                                 supported_dtypes=[torch.float16, torch.bfloat16, torch.float32])
         else:
             dtype = PRECISIONS[precision]
+        pose, accelerated = ECHOMIMIC_SETS.get(echomimic_set, (None, None))
         model = emo_model.load_model(path, device=offload_device, dtype=dtype, vae_path=vae_path,
-                                     audio_encoder_path=audio_path)
+                                     audio_encoder_path=audio_path, accelerated=accelerated, pose=pose)
         pipeline = emo_model.EMOPipeline(model)
         return io.NodeOutput(EMOBundle.wrap(checkpoint, model, pipeline, load_device, offload_device, dtype))

@@ -328,3 +328,32 @@ def test_sampler_region_weights_reach_the_backbone(comfy, loaded):
         hook.remove()
     assert weighted and set(weighted) == {(0.5, 1.5, 2.0)}
     assert seen and set(seen) == {(1.0, 1.0, 1.0)}
+
+
+def test_load_models_picks_the_echomimic_set(comfy, fixtures):
+    """A folder with EchoMimic's standard and accelerated files: the optional echomimic_set widget picks one (auto:
+    the standard set); a set whose files are missing is named in the error."""
+    import shutil
+
+    import folder_paths
+    from diffusers import AutoencoderKL
+    errors = pack_module("emo_model.errors")
+    em = fixtures / "echomimic-tiny"
+    folder = Path(folder_paths.models_dir) / "emo" / "EchoMimic"
+    folder.mkdir(parents=True)
+    for part in ("reference_unet", "denoising_unet", "motion_module", "face_locator"):
+        shutil.copyfile(em / f"{part}.pth", folder / f"{part}.pth")
+    for part in ("denoising_unet", "motion_module"):
+        shutil.copyfile(em / f"{part}.pth", folder / f"{part}_acc.pth")
+    for sub in ("audio_processor", "sd-image-variations-diffusers"):
+        shutil.copytree(em / sub, folder / sub)
+    AutoencoderKL(block_out_channels=[8, 8, 8, 8], layers_per_block=1, norm_num_groups=4,
+                  down_block_types=["DownEncoderBlock2D"] * 4,
+                  up_block_types=["UpDecoderBlock2D"] * 4).save_pretrained(folder / "sd-vae-ft-mse")
+    load = node(comfy, "EMOLoadModels").execute
+    steps = {s: load(checkpoint="EchoMimic", precision="fp32", device="cpu", echomimic_set=s).args[0].model.config.steps
+             for s in ("auto", "audio", "audio accelerated")}
+    assert steps == {"auto": 30, "audio": 30, "audio accelerated": 6}
+    assert load(checkpoint="EchoMimic", precision="fp32", device="cpu").args[0].model.config.steps == 30
+    with pytest.raises(errors.EMOCheckpointError, match="denoising_unet_pose.pth"):
+        load(checkpoint="EchoMimic", precision="fp32", device="cpu", echomimic_set="pose")
