@@ -19,13 +19,13 @@ import torch
 from emo_model import EMOPipeline, load_model
 from emo_model.pipeline import guidance_passes
 
-# A 5-minute track, at 1 fps so that its 300 frames (75 clips) render in ~30 s on a shared CPU core; at 25 fps the
-# same track is 1875 clips (~10 min here). The audio path (decode, wav2vec2 in 30 s chunks, resampling the features
-# to the video rate, muxing) still sees the whole 5 minutes. The short track is 40 s, so both encode in chunks.
-# Measured: peak RSS 539 MiB (40 s) vs 562 MiB (300 s), +4%; the excess is the track itself (19 MB of float32
-# samples, held once: decoded into one buffer, mixed/resampled without a copy when already mono 16 kHz, shared
-# with the mp4 writer) and the chunked audio encoding; the clip loop is flat.
-SHORT, LONG, FPS = 40.0, 300.0, 1
+# A 5-minute track against a 30-second one (the check), at 1 fps so that the long track's 300 frames (75 clips)
+# render in ~30 s on a shared CPU core; at 25 fps the same track is 1875 clips (~10 min here). The audio path (decode,
+# wav2vec2 in 30 s chunks, resampling the features to the video rate, muxing) still sees the whole 5 minutes.
+# Measured: peak RSS 522 MiB (30 s) vs 562 MiB (300 s), +7.6%. The excess is the track itself (19 MB of float32
+# samples, held once: decoded into one buffer, mixed/resampled without a copy when already mono 16 kHz, shared with
+# the mp4 writer) and the chunked audio encoding's transients; the clip loop is flat.
+SHORT, LONG, FPS = 30.0, 300.0, 1
 
 
 @pytest.fixture(scope="module")
