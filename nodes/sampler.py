@@ -35,6 +35,18 @@ def latent_preview(latents: torch.Tensor) -> Image.Image | None:
     return image.resize((image.width * 8, image.height * 8), Image.BILINEAR)
 
 
+def _frame_batch(n: int, frame_shape) -> torch.Tensor:
+    """The IMAGE batch [n, H, W, 3] float32 on ComfyUI's intermediate device, or a clear error when it does not fit."""
+    try:
+        return torch.empty((n, *frame_shape), dtype=torch.float32, device=model_management.intermediate_device())
+    except (RuntimeError, MemoryError):  # torch raises RuntimeError ("DefaultCPUAllocator: can't allocate ...")
+        gb = n * int(np.prod(frame_shape)) * 4 / 2**30
+        raise EMOInputError(
+            f"{n} frames of {frame_shape[1]}x{frame_shape[0]} need {gb:.1f} GB of memory as an IMAGE batch, more than "
+            "is free: render the track in parts (EMO Audio Encode's start / duration), or use the command line "
+            "(python -m emo_model render), which writes frames to the mp4 as they come") from None
+
+
 class EMOSampler(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -125,8 +137,7 @@ class EMOSampler(io.ComfyNode):
                                                region_weights=(pose_weight, face_weight, lip_weight),
                                                callback=on_step):
                 if frames is None:
-                    frames = torch.empty((encoded_audio.num_frames, *clip.shape[1:]), dtype=torch.float32,
-                                         device=model_management.intermediate_device())
+                    frames = _frame_batch(encoded_audio.num_frames, clip.shape[1:])
                 frames[done:done + clip.shape[0]] = clip.clamp(0, 1)
                 done += clip.shape[0]
         except EMOInterrupted:

@@ -357,3 +357,11 @@ def test_load_models_picks_the_echomimic_set(comfy, fixtures):
     assert load(checkpoint="EchoMimic", precision="fp32", device="cpu").args[0].model.config.steps == 30
     with pytest.raises(errors.EMOCheckpointError, match="denoising_unet_pose.pth"):
         load(checkpoint="EchoMimic", precision="fp32", device="cpu", echomimic_set="pose")
+
+
+def test_sampler_output_too_large_for_memory_is_a_clear_error(comfy):
+    errors = pack_module("emo_model.errors")
+    sampler = pack_module("nodes.sampler")
+    assert sampler._frame_batch(3, (8, 8, 3)).shape == (3, 8, 8, 3)
+    with pytest.raises(errors.EMOInputError, match="render the track in parts"):
+        sampler._frame_batch(10 ** 9, (512, 512, 3))  # ~3 PB
