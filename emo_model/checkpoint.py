@@ -209,8 +209,17 @@ def _load_native(folder: Path, vae_path=None, audio_encoder_path=None) -> EMOMod
                                      f"files.{'vae' if what == 'VAE' else 'audio_encoder'} in config.json to its path")
     model.vae = None if vae is None else _load_vae(vae)
     model.audio_encoder = _load_audio_encoder(enc, config.audio_encoder["kind"])
-    model.sources = {"vae": vae, "audio_encoder": enc}
+    model.sources = {"vae": vae, "audio_encoder": enc, "weights_dtype": _weights_dtype(parts["backbone"])}
     return model
+
+
+def _weights_dtype(sd: dict) -> torch.dtype:
+    """The dtype most floating-point tensors of a state dict are stored in (fp16 for Hallo's release)."""
+    counts = {}
+    for v in sd.values():
+        if v.is_floating_point():
+            counts[v.dtype] = counts.get(v.dtype, 0) + v.numel()
+    return max(counts, key=counts.get) if counts else torch.float32
 
 
 def _strict(module, sd, source):
@@ -238,7 +247,7 @@ def _load_hallo(p: Path, vae_path=None, audio_encoder_path=None) -> EMOModel:
     load_hallo_weights(model, sd)
     model.vae = None if vae_dir is None else _load_vae(vae_dir)
     model.audio_encoder = enc
-    model.sources = {"vae": vae_dir, "audio_encoder": enc_dir}
+    model.sources = {"vae": vae_dir, "audio_encoder": enc_dir, "weights_dtype": _weights_dtype(sd)}
     return model
 
 
@@ -259,19 +268,21 @@ def _load_echomimic(folder: Path, vae_path=None, audio_encoder_path=None, accele
         "put EchoMimic's audio_processor/whisper_tiny.pt beside the model files")
     model.audio_encoder = _load_audio_encoder(enc, "whisper")
     model.vae = None if vae_dir is None else _load_vae(vae_dir)
-    model.sources = {"vae": vae_dir, "audio_encoder": enc}
+    model.sources = {"vae": vae_dir, "audio_encoder": enc, "weights_dtype": _weights_dtype(den)}
     return model
 
 
-def save_native(model: EMOModel, folder, copy_files: bool = True) -> Path:
+def save_native(model: EMOModel, folder, copy_files: bool = True, dtype: torch.dtype | None = None) -> Path:
     """Write `model` in the native format to `folder`. The VAE and the audio encoder are copied in, or with
     copy_files=False referenced by absolute path in config.json (`files`). The VAE is `model.vae` (saved in
     diffusers layout) or, when none is loaded, the file/folder `model.sources["vae"]` names; with neither, the folder
-    gets no VAE and loading it later asks for one (as loading the source would)."""
+    gets no VAE and loading it later asks for one (as loading the source would). dtype: the floating-point dtype
+    the weights are stored in (None: the model's own)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for name, sd in model.component_state_dicts().items():
-        save_file({k: v.detach().contiguous().cpu() for k, v in sd.items()}, str(folder / f"{name}.safetensors"))
+        save_file({k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().contiguous().cpu()
+                   for k, v in sd.items()}, str(folder / f"{name}.safetensors"))
     files = {}
     vae_src = model.sources.get("vae")
     if model.vae is not None and (copy_files or vae_src is None):
@@ -303,14 +314,15 @@ def convert(src, dst, copy_files: bool = True, accelerated: bool | None = None) 
     """Converts a Hallo or EchoMimic checkpoint (or a native folder) to the native format in `dst`, a new or empty
     folder (nothing is overwritten). The source's VAE and audio encoder are copied in (copy_files=False: referenced
     by absolute path); a source without a VAE gives a folder without one, which asks for a VAE when loaded, as the
-    source does. accelerated: EchoMimic's `_acc` set (see load_model). Returns dst."""
+    source does. The weights keep the source's dtype (Hallo's fp16 stays fp16). accelerated: EchoMimic's `_acc` set
+    (see load_model). Returns dst."""
     dst = Path(dst)
     if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
         raise EMOInputError(f"{dst} already exists and is not an empty folder: choose a new folder for the converted "
                             "model (convert overwrites nothing)")
     model = load_model(src, vae_path=False, accelerated=accelerated)  # the VAE is copied as files, not re-saved
     model.sources["vae"] = find_vae(src)
-    return save_native(model, dst, copy_files=copy_files)
+    return save_native(model, dst, copy_files=copy_files, dtype=model.sources.get("weights_dtype"))
 
 
 def _copy(src: Path, dst: Path) -> None:

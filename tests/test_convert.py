@@ -139,3 +139,23 @@ def test_foreign_file_is_named(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "not a model this pack knows" in err and "EchoMimic" in err and "Hallo" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_half_precision_source_stays_half(fixtures, tmp_path):
+    """Hallo's released net.pth is fp16: the converted files keep fp16 (not twice the size) with the same values."""
+    import shutil
+
+    from safetensors import safe_open
+    src = tmp_path / "hallo16"
+    shutil.copytree(fixtures / "hallo-tiny", src, ignore=shutil.ignore_patterns("net.pth"))
+    sd = torch.load(fixtures / "hallo-tiny" / "net.pth", weights_only=True)
+    half = {k: v.half() if v.is_floating_point() else v for k, v in sd.items()}
+    torch.save(half, src / "net.pth")
+    assert main(["convert", str(src / "net.pth"), str(tmp_path / "native")]) == 0
+    with safe_open(str(tmp_path / "native" / "backbone.safetensors"), "pt") as f:
+        key = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight"
+        assert f.get_tensor(key).dtype == torch.float16
+        assert torch.equal(f.get_tensor(key), half[f"denoising_unet.{key}"])
+    a = load_model(src / "net.pth", vae_path=False).component_state_dicts()
+    b = load_model(tmp_path / "native", vae_path=False).component_state_dicts()
+    assert all(torch.equal(a[p][k], b[p][k]) for p in a for k in a[p])
