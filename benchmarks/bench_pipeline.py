@@ -244,6 +244,8 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # as the CLI does
     dtype = DTYPES[args.dtype or ("fp16" if device.type == "cuda" else "fp32")]
     args.seconds = args.seconds or (1.0 if args.tiny else 2.0)
 

@@ -28,6 +28,8 @@ def cmd_render(a) -> int:
     from .checkpoint import load_model
     from .render import render
     device = _device(a.device)
+    if device.startswith("cuda"):
+        torch.backends.cudnn.benchmark = True  # fixed shapes clip after clip: let cuDNN pick its fastest kernels
     if a.model == "tiny-random":
         print("note: --model tiny-random is a tiny model with random weights: the video is noise. It shows that "
               "everything runs; use a real model (README, 'Where model files go') for a real result.", file=sys.stderr)
