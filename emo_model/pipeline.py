@@ -440,6 +440,21 @@ class EMOPipeline:
             motion = {path: torch.stack([mb[p.ref] for p, _ in passes]) for path, mb in mbank.items()}
         return self._conditions(ref, tokens, passes, f, ref_bank, motion, region_weights, speed_feats)
 
+    def _face_rows(self, ref, passes, f, frames=None):
+        """Face-locator features per backbone row [(B f), C, h, w] (zeros for passes without the face). A static
+        mask gives the same rows for every clip or window of f frames: made once per video (EchoMimic builds
+        conditions per window and step)."""
+        key = ("face_rows", f, tuple(p.face for p, _ in passes), str(self.device), self.dtype)
+        static = ref.locator_mask.dtype != torch.uint8
+        if static and key in ref._cache:
+            return ref._cache[key]
+        feats = self._face_features(ref, frames).expand(-1, -1, f, -1, -1)  # [1, C, f, h, w]
+        face = torch.cat([feats if p.face else torch.zeros_like(feats) for p, _ in passes])
+        face = rearrange(face, "b c f h w -> (b f) c h w")
+        if static:
+            ref._cache[key] = face
+        return face
+
     def _conditions(self, ref, tokens, passes, f, ref_bank, motion, region_weights, speed_feats, frames=None):
         """The backbone context and cross-attention tokens for a clip. tokens: [f, T, D] audio tokens (on the
         device); ref_bank: from `_reference_bank`; frames: the clip's video-frame indices (per-frame locator
@@ -451,10 +466,7 @@ class EMOPipeline:
             raise ValueError("guidance passes without the reference must come first")
         zeros = torch.zeros_like(tokens)
         audio_rows = torch.cat([tokens if p.audio else zeros for p, _ in passes])  # [(B f), T, D]
-        feats = self._face_features(ref, frames)  # [1, C, 1 or f, h, w]
-        feats = feats.expand(-1, -1, f, -1, -1)
-        face = torch.cat([feats if p.face else torch.zeros_like(feats) for p, _ in passes])
-        face = rearrange(face, "b c f h w -> (b f) c h w")
+        face = self._face_rows(ref, passes, f, frames)  # [(B f), C, h, w]
         ehs = None
         if cfg.cross_attention == "identity":
             ehs = torch.cat([self._identity_tokens(ref, p.cond_identity).expand(f, -1, -1) for p, _ in passes])
