@@ -31,9 +31,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from emo_model import EMOConfig, EMOModel, EMOPipeline  # noqa: E402
-from emo_model.pipeline import guidance_passes  # noqa: E402
+from emo_model.sampling.pipeline import guidance_passes  # noqa: E402
 from emo_model.render import render  # noqa: E402
-from emo_model.video_writer import VideoWriter  # noqa: E402
+from emo_model.media.video import VideoWriter  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 SCENARIOS = {"hallo": dict(steps=40, audio_cfg=3.5, ref_cfg=3.5), "distilled": dict(steps=6, audio_cfg=1.0, ref_cfg=1.0)}
@@ -47,7 +47,7 @@ def build_full() -> EMOModel:
     from diffusers import AutoencoderKL
     from transformers import Wav2Vec2Config, Wav2Vec2Model
 
-    from emo_model.audio_encoder import Wav2VecAudioEncoder
+    from emo_model.audio.wav2vec2 import Wav2VecAudioEncoder
     model = EMOModel(EMOConfig())
     model.vae = AutoencoderKL(block_out_channels=[128, 256, 512, 512], layers_per_block=2, latent_channels=4,
                               sample_size=512, down_block_types=["DownEncoderBlock2D"] * 4,

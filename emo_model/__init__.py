@@ -2,11 +2,11 @@
 
 This package never imports ComfyUI.
 """
-from .checkpoint import detect_format, load_model, make_tiny, save_native
+from .formats.load import detect_format, load_model, make_tiny, save_native
 from .config import EMOConfig
 from .errors import EMOCheckpointError, EMOError, EMOInputError, EMOInterrupted
-from .model import EMOModel
-from .pipeline import EMOPipeline, EncodedAudio, EncodedReference, SampleProgress
+from .models.model import EMOModel
+from .sampling.pipeline import EMOPipeline, EncodedAudio, EncodedReference, SampleProgress
 
 __all__ = ["EMOConfig", "EMOModel", "EMOPipeline", "EncodedAudio", "EncodedReference", "SampleProgress",
            "load_model", "make_tiny", "save_native", "detect_format",

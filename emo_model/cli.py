@@ -25,7 +25,7 @@ def _dtype(name: str, device: str):
 def cmd_render(a) -> int:
     from tqdm import tqdm
 
-    from .checkpoint import load_model
+    from .formats.load import load_model
     from .render import render
     device = _device(a.device)
     if device.startswith("cuda"):
@@ -69,7 +69,7 @@ def cmd_render(a) -> int:
 
 
 def cmd_make_tiny(a) -> int:
-    from .checkpoint import make_tiny
+    from .formats.load import make_tiny
     path = make_tiny(Path(a.dir), seed=a.seed)
     print(f"wrote a tiny random EMO model to {path} (its output is noise; it is for tests and trying the nodes)")
     return 0
@@ -78,7 +78,7 @@ def cmd_make_tiny(a) -> int:
 def cmd_convert(a) -> int:
     import json
 
-    from .checkpoint import convert
+    from .formats.load import convert
     dst = convert(a.src, a.dst, copy_files=not a.link, accelerated=a.accelerated or None)
     meta = json.loads((dst / "config.json").read_text())
     print(f"converted {meta['model']['kind']} model {a.src} -> native format in {dst}")

@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .audio_io import load_audio
-from .face_crop import crop, face_region_mask, find_crop, fit_color_match, paste_back
-from .image_io import example_portrait, load_image
-from .face_embedding import face_embedding, identity_embedding, identity_model_folders
-from .pipeline import EMOPipeline
-from .pose_frames import load_pose_frames
-from .video_writer import VideoWriter
+from .media.audio import load_audio
+from .faces.crop import crop, face_region_mask, find_crop, fit_color_match, paste_back
+from .media.image import example_portrait, load_image
+from .faces.embedding import face_embedding, identity_embedding, identity_model_folders
+from .sampling.pipeline import EMOPipeline
+from .faces.pose import load_pose_frames
+from .media.video import VideoWriter
 
 
 def render(model, image, audio, out, *, steps=None, seed=0, fps=None, audio_cfg=None, ref_cfg=None, speed=None,

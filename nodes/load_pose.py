@@ -5,7 +5,7 @@ import os
 import folder_paths
 
 from ..emo_model.errors import EMOInputError
-from ..emo_model.pose_frames import load_pose_frames
+from ..emo_model.faces.pose import load_pose_frames
 from .comfy_bridge import CATEGORY, io
 
 DRAW_SIZE = 512  # px: EchoMimic draws its landmarks on a 512 x 512 canvas

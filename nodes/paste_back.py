@@ -2,7 +2,8 @@
 import numpy as np
 import torch
 
-from ..emo_model import face_crop, face_detect
+from ..emo_model.faces import crop as face_crop
+from ..emo_model.faces import detect as face_detect
 from ..emo_model.errors import EMOInputError
 from .comfy_bridge import CATEGORY, EmoCropInfo, io, model_management
 

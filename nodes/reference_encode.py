@@ -4,9 +4,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..emo_model import face_crop, face_detect
-from ..emo_model.face_embedding import identity_embedding, identity_model_folders
-from ..emo_model.pose_frames import pose_frames_from_images
+from ..emo_model.faces import crop as face_crop
+from ..emo_model.faces import detect as face_detect
+from ..emo_model.faces.embedding import identity_embedding, identity_model_folders
+from ..emo_model.faces.pose import pose_frames_from_images
 from .comfy_bridge import (CATEGORY, EmoCropInfo, EmoModel, EmoReference, detector_folders, emo_roots, first_image,
                            io)
 

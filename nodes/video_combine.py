@@ -7,9 +7,9 @@ import torch
 
 import folder_paths
 
-from ..emo_model.audio_io import fps_fraction
+from ..emo_model.media.audio import fps_fraction
 from ..emo_model.errors import EMOInputError
-from ..emo_model.video_writer import VideoWriter
+from ..emo_model.media.video import VideoWriter
 from .audio_encode import audio_track
 from .comfy_bridge import CATEGORY, InputImpl, Types, io, ui
 

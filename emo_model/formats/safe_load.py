@@ -1,0 +1,76 @@
+"""Reading checkpoint files safely: safetensors, or pickles through `torch.load(weights_only=True)` only."""
+import pickle
+import re
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from ..errors import EMOCheckpointError
+
+FIX = "download it again from the model's official page (or use a .safetensors version of it)"
+
+
+def load_tensors(path) -> dict:
+    """A flat {key: tensor} state dict from a .safetensors/.pth/.bin/.ckpt/.pt file (on the CPU).
+
+    Pickled files are read with `weights_only=True`: a file holding anything but tensors and plain containers is
+    refused. Truncated, unsafe or foreign files give a one-line EMOCheckpointError naming the file and the fix."""
+    path = Path(path)
+    if not path.is_file():
+        raise EMOCheckpointError(f"model file not found: {path}: put it there, or pick the right file/folder")
+    if path.stat().st_size == 0:
+        raise EMOCheckpointError(f"{path} is empty (0 bytes): the download did not finish; {FIX}")
+    if path.suffix == ".safetensors":
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise EMOCheckpointError(f"{path} is not a readable safetensors file ({_first_line(e)}); it may be "
+                                     f"truncated: {FIX}") from None
+    try:
+        try:  # memory-mapped: tensors are read from the file when used (recognising a file costs no full read)
+            sd = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:
+            if "mmap" not in str(e):
+                raise
+            sd = torch.load(str(path), map_location="cpu", weights_only=True)  # pre-zip (torch < 1.6) format
+    except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError, KeyError, ... for bad files
+        if isinstance(e, pickle.UnpicklingError) and "weights only load failed" in str(e).lower():
+            raise EMOCheckpointError(
+                f"refused to load {path}: it holds Python objects that are not tensors ({_unsafe_global(e)}), and "
+                "such pickles are refused for safety (loading them can run code). Use the official file from the "
+                "model's page, or a .safetensors version of it") from None
+        raise EMOCheckpointError(f"{path} could not be read ({_first_line(e)}): the file is probably truncated or "
+                                 f"not a PyTorch checkpoint; {FIX}") from None
+    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict):
+        raise EMOCheckpointError(f"{path} holds a {type(sd).__name__}, not a state dict of named tensors: it is not "
+                                 f"a model weights file; {FIX}")
+    other = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
+    if other:
+        raise EMOCheckpointError(f"{path} is not a plain state dict of tensors ({len(other)} entries are not tensors, "
+                                 f"e.g. {other[0]!r}: {type(sd[other[0]]).__name__}): {FIX}")
+    return dict(sd)
+
+
+def _first_line(e: Exception) -> str:
+    """The first sentence of an exception message, colour codes removed, at most 160 characters."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()
+    text = text.splitlines()[0].split(". ")[0][:160] if text else ""
+    return text if len(text) >= 20 else f"{type(e).__name__} {text}".strip()
+
+
+def _unsafe_global(e: Exception) -> str:
+    """The refused global from torch's 'Unsupported global: GLOBAL x.y ...' line, else its WeightsUnpickler line."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
+    m = re.search(r"GLOBAL ([\w.]+)", text)
+    if m:
+        return m.group(1)
+    m = re.search(r"WeightsUnpickler error: ([^\n]+)", text)
+    return m.group(1).strip()[:120] if m else "unsupported content"
+
+
+def strip_prefix(sd: dict, prefix: str) -> dict:
+    return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}

@@ -1,0 +1,174 @@
+"""The shipped workflows: every API workflow runs end to end with a tiny model along ComfyUI's execute path
+(tests/comfy_stubs stands in for ComfyUI), and each UI workflow describes the same graph as its API twin."""
+import json
+import math
+import shutil
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "comfy_stubs"))
+import emo_comfy_harness as harness  # noqa: E402
+
+WORKFLOWS = harness.ROOT / "workflows"
+API = sorted((WORKFLOWS / "api").glob("*.json"))
+UI = sorted(WORKFLOWS.glob("*.json"))
+CORE_NODES = {"LoadImage", "LoadAudio", "LoadVideo", "GetVideoComponents"}
+
+
+def load(path):
+    return json.loads(path.read_text())
+
+
+@pytest.fixture(scope="module")
+def comfy(tmp_path_factory):
+    """A ComfyUI base folder with the workflows' input files and a folder for each checkpoint name they use."""
+    base = tmp_path_factory.mktemp("comfyui")
+    harness.use_stubs(base)
+    import folder_paths
+    names = {n["inputs"]["checkpoint"] for p in API for n in load(p).values() if n["class_type"] == "EMOLoadModels"}
+    for name in names:
+        (Path(folder_paths.models_dir) / "emo" / name).mkdir(parents=True)
+    make_inputs(Path(folder_paths.get_input_directory()))
+    _, classes = harness.load_pack()
+    return type("Comfy", (), dict(base=base, classes=harness.all_classes(classes), fp=folder_paths, names=names))
+
+
+@pytest.fixture(scope="module")
+def tiny_models(comfy):
+    """A tiny random checkpoint (emo_model.make_tiny) under each checkpoint name the workflows use."""
+    pack = sys.modules[harness.PACK_MODULE]
+    for name in comfy.names:
+        folder = Path(comfy.fp.models_dir) / "emo" / name
+        shutil.rmtree(folder)
+        pack.emo_model.make_tiny(folder)
+    return comfy
+
+
+def make_inputs(folder: Path):
+    """The files the workflows name: a portrait, a 16 kHz mono voice, a 44.1 kHz stereo 'song', and a short video
+    with sound (the reference is taken from one of its frames). Short, so the tiny model renders few frames (but more than one clip)."""
+    from PIL import Image
+    from emo_model.media.audio import load_audio, mix_and_resample
+    from emo_model.media.image import example_portrait
+    from emo_model.media.video import VideoWriter
+    portrait = example_portrait()
+    Image.fromarray(portrait[:480, 16:496]).save(folder / "emo_portrait.png")
+    wav, sr = load_audio(harness.ROOT / "examples" / "speech.wav")
+    voice = wav[:, int(0.3 * sr): int(0.5 * sr)]       # 0.2 s: 5 frames, 2 clips of the tiny model
+    write_wav(folder / "emo_speech.wav", voice.numpy(), sr)
+    song = mix_and_resample(wav[:, int(1.0 * sr): int(1.3 * sr)], sr, 44100).numpy()  # 0.3 s, 8 frames
+    write_wav(folder / "emo_song.wav", np.stack([song, 0.5 * song]), 44100)
+    frames = np.stack([np.roll(portrait, 4 * i, axis=1) for i in range(4)])
+    with VideoWriter(folder / "emo_reference.mp4", 24, audio=voice, sample_rate=sr) as w:
+        w.write(frames)
+
+
+def write_wav(path, wave, rate):
+    import av
+    layout = "mono" if wave.shape[0] == 1 else "stereo"
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("pcm_s16le", rate=rate, layout=layout)
+        pcm = (np.clip(wave, -1, 1).T.reshape(1, -1) * 32767).astype(np.int16)
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(pcm), format="s16", layout=layout)
+        frame.sample_rate = rate
+        for p in [*s.encode(frame), *s.encode(None)]:
+            c.mux(p)
+
+
+def fast(prompt):
+    """The same graph with 2 denoising steps (the tiny model needs no more to exercise every stage)."""
+    prompt = json.loads(json.dumps(prompt))
+    for n in prompt.values():
+        if n["class_type"] == "EMOSampler":
+            n["inputs"]["steps"] = 2
+    return prompt
+
+
+def test_there_are_three_workflows_with_api_twins_and_thumbnails():
+    assert [p.name for p in UI] == [p.name for p in API] and len(API) >= 3
+    for p in UI:
+        assert p.with_suffix(".jpg").is_file(), f"{p.name} has no thumbnail"
+        assert "nodes" in load(p) and "links" in load(p), f"{p.name} is not in UI format"
+    assert not list((WORKFLOWS / "api").glob("*.jpg"))
+
+
+@pytest.mark.parametrize("path", API, ids=lambda p: p.stem)
+def test_api_workflow_uses_only_core_and_emo_nodes_and_existing_inputs(comfy, path):
+    prompt = load(path)
+    for nid, node in prompt.items():
+        cls = comfy.classes.get(node["class_type"])
+        assert cls is not None, f"{path.name} node {nid}: {node['class_type']} is neither core nor ours"
+        assert node["class_type"] in CORE_NODES or node["class_type"].startswith("EMO")
+        types = harness._input_types(cls)
+        declared = {**types.get("required", {}), **types.get("optional", {})}
+        for name in node["inputs"]:
+            assert name in declared, f"{path.name} node {nid}: {node['class_type']} has no input {name!r}"
+    assert harness.validate_prompt(prompt, comfy.classes) == {}
+
+
+@pytest.mark.parametrize("path", API, ids=lambda p: p.stem)
+def test_api_workflow_renders_an_mp4_with_sound(tiny_models, path):
+    comfy = tiny_models
+    from emo_model.media.video import probe
+    prompt = fast(load(path))
+    workflow = load(WORKFLOWS / path.name)
+    results = harness.run_prompt(prompt, comfy.classes, {"extra_pnginfo": {"workflow": workflow}})
+    combine = next(nid for nid, n in prompt.items() if n["class_type"] == "EMOVideoCombine")
+    saved = results[combine]["ui"]["images"]
+    assert len(saved) == 1 and saved[0]["type"] == "output"
+    mp4 = Path(comfy.fp.get_output_directory()) / saved[0]["subfolder"] / saved[0]["filename"]
+    info = probe(mp4)
+    encode = next(nid for nid, n in prompt.items() if n["class_type"] == "EMOAudioEncode")
+    frames = results[encode]["outputs"][1]
+    audio = results[encode]["outputs"][2]
+    fps = Fraction(results[next(n for n, v in prompt.items() if v["class_type"] == "EMOSampler")]["outputs"][1])
+    seconds = audio["waveform"].shape[-1] / audio["sample_rate"]
+    assert frames == math.ceil(seconds * fps - 1e-9) == info["frames"]
+    assert info["audio_codec"] == "aac" and abs(info["audio_duration"] - frames / float(fps)) < 0.05
+    assert json.loads(info["metadata"]["prompt"]) == prompt
+    assert json.loads(info["metadata"]["workflow"]) == workflow
+    # paste-back: the video has the size of the reference picture (rounded up to even), not the model's crop
+    ref_node = next(nid for nid, n in prompt.items() if n["class_type"] == "EMOReferenceEncode")
+    src = prompt[ref_node]["inputs"]["image"][0]
+    picture = results[src]["outputs"][0]
+    assert (info["height"], info["width"]) == tuple(s + s % 2 for s in picture.shape[1:3])
+
+
+def ui_to_api(ui: dict, classes: dict) -> dict:
+    """Read a UI-format workflow back into API form: links by input name, widget values by position (skipping
+    the frontend's extra control_after_generate value and widgets no node input declares, such as upload)."""
+    links = {l[0]: l for l in ui["links"]}
+    out = {}
+    for n in ui["nodes"]:
+        types = harness._input_types(classes[n["type"]])
+        spec = {**types.get("required", {}), **types.get("optional", {})}
+        values, vi, inputs = list(n.get("widgets_values") or []), 0, {}
+        for inp in n.get("inputs", []):
+            name = inp["name"]
+            if "widget" in inp:
+                value, vi = values[vi], vi + 1
+                opts = spec.get(name, (None, {}))[1] if len(spec.get(name, ())) > 1 else {}
+                if opts.get("control_after_generate"):
+                    vi += 1
+                if name in spec and inp.get("link") is None:
+                    inputs[name] = value
+            if inp.get("link") is not None:
+                link = links[inp["link"]]
+                assert link[3] == n["id"], f"link {link[0]} does not end at node {n['id']}"
+                inputs[name] = [str(link[1]), link[2]]
+        out[str(n["id"])] = {"class_type": n["type"], "inputs": inputs}
+    return out
+
+
+@pytest.mark.parametrize("path", UI, ids=lambda p: p.stem)
+def test_ui_workflow_and_its_api_twin_are_the_same_graph(comfy, path):
+    ui = load(path)
+    node_ids = [n["id"] for n in ui["nodes"]]
+    link_ids = [l[0] for l in ui["links"]]
+    assert len(set(node_ids)) == len(node_ids) and len(set(link_ids)) == len(link_ids)
+    assert ui["last_node_id"] >= max(node_ids) and ui["last_link_id"] >= max(link_ids)
+    assert ui_to_api(ui, comfy.classes) == load(WORKFLOWS / "api" / path.name)

@@ -1,0 +1,265 @@
+"""emo_model on the tiny random configuration: layouts, determinism, motion frames, guidance passes, native round
+trip, CLI output, and the errors for bad input."""
+import math
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import torch
+
+from emo_model import EMOCheckpointError, EMOInputError, EMOPipeline, load_model, save_native
+from emo_model.models.face_locator import FaceLocator
+from emo_model.models.speed_layers import SpeedEncoder
+from emo_model.models.temporal_module import TemporalModule
+from emo_model.models.audio_attention import AudioAttention
+
+
+def _voice(seconds, sr=16000, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    t = torch.arange(int(seconds * sr)) / sr
+    return (0.3 * torch.sin(2 * math.pi * 180 * t) * (1 + torch.sin(2 * math.pi * 3 * t)) +
+            0.02 * torch.randn(t.shape, generator=g))[None]
+
+
+def _ref(pipe):
+    g = torch.Generator().manual_seed(1)
+    img = torch.rand(64, 64, 3, generator=g)
+    mask = torch.zeros(64, 64)
+    mask[12:52, 16:48] = 1
+    return pipe.encode_reference(img, mask)
+
+
+def _render(pipe, audio, ref, **kw):
+    return torch.cat(list(pipe.sample(audio, ref, **{"steps": 1, "seed": 0, **kw})))
+
+
+# ---------------------------------------------------------------- component layouts
+def test_component_layouts():
+    fl = FaceLocator(32, 1, [8, 16, 16, 32])
+    assert fl(torch.rand(2, 1, 3, 64, 64)).shape == (2, 32, 3, 8, 8)  # b c f H/8 W/8
+    tm = TemporalModule(32, heads=8, max_len=32, speed_dim=16)
+    x = torch.randn(2, 32, 5, 4, 4)  # b c f h w
+    assert tm(x, torch.randn(2, 5, 16)).shape == x.shape
+    aa = AudioAttention(32, 32, 24, heads=8, norm_groups=8)
+    assert aa(torch.randn(6, 32, 4, 4), torch.randn(6, 7, 24)).shape == (6, 32, 4, 4)  # (b f) c h w
+    sp = SpeedEncoder([-1.0, 0.0, 1.0], [1.0, 1.0, 1.0], window=2, dim=16, hidden=8)
+    assert sp(torch.full((2, 6), 0.5)).shape == (2, 6, 16)  # b f l
+
+
+def test_temporal_module_attends_over_frames():
+    tm = TemporalModule(32, heads=8, max_len=32).eval()
+    torch.nn.init.normal_(tm.temporal_transformer.proj_out.weight)
+    x = torch.randn(1, 32, 4, 3, 3)
+    x2 = x.clone()
+    x2[:, :, 3] += 1.0  # change the last frame only
+    changed = (tm(x2) - tm(x)).abs().amax(dim=(1, 3, 4))[0]  # per frame
+    assert (changed[:3] > 0).all()  # earlier frames see the change through temporal attention
+    assert torch.equal(tm(x[:, :, :1]), tm(x[:, :, :1]))
+
+
+def test_reference_and_backbone_layouts(pipe):
+    ref = _ref(pipe)
+    assert ref.latent.shape == (1, 4, 8, 8) and ref.locator_mask.shape[-2:] == (64, 64)
+    bank = pipe._reference_bank(ref, 2)
+    assert all(v.ndim == 3 and v.shape[0] == 1 for v in bank.values())  # path -> [1, L, C]
+    assert len(bank) == len([m for m in pipe.model.backbone.unet.modules() if type(m).__name__ == "BasicTransformerBlock"])
+
+
+# ---------------------------------------------------------------- audio
+@pytest.mark.parametrize("seconds,fps", [(1.0, 25), (1.0, 29.97), (0.73, 30), (2.002, 29.97), (0.5, 23.976), (1.3, 24)])
+def test_frame_count_exact(pipe, seconds, fps):
+    wave = _voice(seconds)
+    audio = pipe.encode_audio(wave, 16000, fps)
+    q = {29.97: Fraction(30000, 1001), 23.976: Fraction(24000, 1001)}.get(fps, Fraction(fps))
+    assert audio.num_frames == math.ceil(Fraction(wave.shape[-1], 16000) * q)
+    assert audio.fps == q
+    tokens = pipe.audio_tokens(audio)
+    assert tokens.shape[0] >= audio.num_frames and tokens.ndim == 3  # [F, T, D]
+
+
+def test_audio_tokens_are_local(pipe):
+    """Frame i's tokens depend on audio near frame i, not on audio far away (wav2vec2 is encoded in chunks)."""
+    wave = _voice(70.0)
+    base = pipe.audio_tokens(pipe.encode_audio(wave, 16000, 25))
+    far = wave.clone()
+    far[:, 60 * 16000:] = 0.0  # change the audio from 60 s on
+    near = wave.clone()
+    near[:, 16000:24000] *= -1  # change the audio at 1.0-1.5 s
+    t_far = pipe.audio_tokens(pipe.encode_audio(far, 16000, 25))
+    t_near = pipe.audio_tokens(pipe.encode_audio(near, 16000, 25))
+    assert torch.equal(t_far[:25 * 20], base[:25 * 20])  # the first 20 s are untouched by a change at 60 s
+    assert not torch.allclose(t_far[25 * 61:], base[25 * 61:])
+    assert not torch.allclose(t_near[25:38], base[25:38])
+
+
+def test_clip_tokens_are_the_whole_track_tokens(pipe):
+    """The wav2vec features are kept and projected clip by clip in `sample` (less memory than all tokens): any
+    clip's tokens equal the same rows of the whole track's, across chunk borders (the +-m window sees neighbours of
+    other clips) and past the end (the last frame's tokens repeat). Checked against a projection of all frames at
+    once, made here from the kept features; float32 matmuls round differently for other batch sizes (~2e-6)."""
+    audio = pipe.encode_audio(_voice(1.3), 16000, 25)  # 33 frames, padded to whole clips
+    assert audio.stored is None and audio.features.shape[0] >= audio.num_frames
+    enc, proj = pipe.model.audio_encoder, pipe.model.audio_projection
+    with torch.no_grad():
+        whole = proj(enc.window(audio.features, pipe.config.audio_encoder.get("window", 2)))
+    n = whole.shape[0]
+    for s, e in [(0, 4), (3, 9), (30, 36), (n - 1, n + 3), (n + 2, n + 5)]:
+        expected = whole[torch.arange(s, e).clamp(max=n - 1)]
+        torch.testing.assert_close(pipe.audio_tokens(audio, s, e), expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(pipe.audio_tokens(audio), whole[torch.arange(audio.padded_frames).clamp(max=n - 1)], atol=1e-5,
+                               rtol=0)
+
+
+def test_audio_shorter_than_a_frame(pipe):
+    with pytest.raises(EMOInputError, match="shorter than one frame"):
+        pipe.encode_audio(torch.zeros(1, 300), 16000, 25)
+
+
+# ---------------------------------------------------------------- sampling
+def test_deterministic_for_a_seed_and_frame_count(pipe):
+    audio = pipe.encode_audio(_voice(0.3), 16000, 25)  # 8 frames = 2 clips of 4
+    ref = _ref(pipe)
+    a = _render(pipe, audio, ref, seed=3)
+    b = _render(pipe, audio, ref, seed=3)
+    c = _render(pipe, audio, ref, seed=4)
+    assert a.shape == (audio.num_frames, 64, 64, 3)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+def test_motion_frames_carry_into_the_next_clip(pipe):
+    audio = pipe.encode_audio(_voice(0.3), 16000, 25)
+    ref = _ref(pipe)
+    with_motion = _render(pipe, audio, ref, motion_frames=2)
+    without = _render(pipe, audio, ref, motion_frames=0)
+    assert not torch.allclose(with_motion[4:], without[4:])  # the second clip differs
+    # and the features of the motion frames change the backbone's output for the same noise
+    passes = [(p, w) for p, w in __import__("emo_model.sampling.pipeline", fromlist=["x"]).guidance_passes(1.0, 1.0)]
+    bank = pipe._reference_bank(ref, 2)
+    tokens = pipe.audio_tokens(audio, 0, 4)
+    x = torch.randn(1, 4, 4, 8, 8)
+    outs = []
+    with torch.no_grad():
+        for m in (ref.latent.expand(2, -1, -1, -1), torch.randn(2, 4, 8, 8)):
+            ctx, ehs = pipe.clip_conditions(ref, tokens, passes, bank, m)
+            outs.append(pipe.model.backbone(x, 500, ehs, ctx))
+    assert not torch.allclose(outs[0], outs[1])
+
+
+@pytest.mark.parametrize("audio_cfg,ref_cfg,batch", [(1.0, 1.0, 1), (2.0, 1.0, 2), (2.5, 2.5, 2), (2.0, 1.5, 3)])
+def test_guidance_passes(pipe, audio_cfg, ref_cfg, batch):
+    audio = pipe.encode_audio(_voice(0.1), 16000, 25)
+    seen = []
+    h = pipe.model.backbone.register_forward_pre_hook(lambda m, a: seen.append(a[0].shape[0]))
+    try:
+        _render(pipe, audio, _ref(pipe), audio_cfg=audio_cfg, ref_cfg=ref_cfg)
+    finally:
+        h.remove()
+    assert seen == [batch]
+
+
+def test_speed_changes_output(pipe):
+    audio = pipe.encode_audio(_voice(0.1), 16000, 25)
+    ref = _ref(pipe)
+    assert not torch.allclose(_render(pipe, audio, ref, speed=0.1), _render(pipe, audio, ref, speed=1.3))
+
+
+def test_callback_progress_and_stop(pipe):
+    audio = pipe.encode_audio(_voice(0.3), 16000, 25)
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def cb(p):
+        seen.append((p.step, p.total_steps, p.clip, p.num_clips, tuple(p.latents.shape)))
+        if p.step == 3:
+            raise Stop
+
+    with pytest.raises(Stop):
+        list(pipe.sample(audio, _ref(pipe), steps=2, callback=cb))
+    assert seen == [(1, 4, 0, 2, (1, 4, 4, 8, 8)), (2, 4, 0, 2, (1, 4, 4, 8, 8)), (3, 4, 1, 2, (1, 4, 4, 8, 8))]
+
+
+def test_silent_audio_renders(pipe):
+    audio = pipe.encode_audio(torch.zeros(2, 4000), 8000, 25)
+    frames = _render(pipe, audio, _ref(pipe))
+    assert frames.shape[0] == 13 and torch.isfinite(frames).all()
+
+
+def test_steps_below_one(pipe):
+    audio = pipe.encode_audio(_voice(0.1), 16000, 25)
+    with pytest.raises(EMOInputError, match="steps must be at least 1"):
+        list(pipe.sample(audio, _ref(pipe), steps=0))
+
+
+# ---------------------------------------------------------------- native format
+def test_native_round_trip_identical(pipe, tmp_path):
+    out = save_native(pipe.model, tmp_path / "copy")
+    again = EMOPipeline(load_model(out))
+    audio = pipe.encode_audio(_voice(0.1), 16000, 25)
+    a = _render(pipe, audio, _ref(pipe), seed=7)
+    b = _render(again, again.encode_audio(_voice(0.1), 16000, 25), _ref(again), seed=7)
+    assert torch.equal(a, b)
+
+
+def test_missing_component_is_named(tiny_dir, tmp_path):
+    import shutil
+    broken = shutil.copytree(tiny_dir, tmp_path / "broken")
+    (broken / "backbone.safetensors").unlink()
+    with pytest.raises(EMOCheckpointError, match="backbone.safetensors"):
+        load_model(broken)
+
+
+def test_checkpoint_without_speed_layers_runs(tiny_dir, tmp_path):
+    import shutil
+    plain = shutil.copytree(tiny_dir, tmp_path / "plain")
+    (plain / "speed_layers.safetensors").unlink()
+    model = load_model(plain)
+    assert model.speed_encoder is None
+    p = EMOPipeline(model)
+    assert _render(p, p.encode_audio(_voice(0.1), 16000, 25), _ref(p)).shape[0] == 3
+
+
+# ---------------------------------------------------------------- CLI and mp4
+def test_cli_render_writes_mp4_with_matching_audio(tiny_dir, tmp_path):
+    from emo_model.cli import main
+    from emo_model.media.video import probe
+    import av
+    wav = tmp_path / "voice.wav"
+    with av.open(str(wav), "w") as c:
+        s = c.add_stream("pcm_s16le", rate=16000, layout="mono")
+        frame = av.AudioFrame.from_ndarray((_voice(0.5).numpy() * 32767).astype(np.int16), format="s16", layout="mono")
+        frame.sample_rate = 16000
+        for p in s.encode(frame):
+            c.mux(p)
+        for p in s.encode(None):
+            c.mux(p)
+    out = tmp_path / "new" / "folder" / "out.mp4"  # the folder named by --out is created
+    args = ["render", "--image", "example", "--audio", str(wav), "--model", str(tiny_dir), "--out", str(out),
+            "--steps", "1", "--fps", "29.97", "--framing", "crop"]
+    assert main(args) == 0
+    info = probe(out)
+    expected = math.ceil(Fraction(8000, 16000) * Fraction(30000, 1001))
+    assert info["frames"] == expected
+    assert info["fps"] == Fraction(30000, 1001)
+    assert info["audio_codec"] == "aac" and abs(info["audio_duration"] - expected * 1001 / 30000) <= 1001 / 30000
+    assert (info["width"], info["height"]) == (64, 64)
+    # a second render never replaces the first: it takes the next free name, unless --overwrite
+    first = out.read_bytes()
+    assert main(args[:-2] + ["--framing", "full"]) == 0
+    assert out.read_bytes() == first and probe(out.with_name("out_2.mp4"))["width"] != 64
+    assert main(args[:-2] + ["--framing", "full", "--overwrite"]) == 0
+    assert out.read_bytes() != first and not out.with_name("out_3.mp4").exists()
+
+
+def test_cli_reports_bad_input_without_traceback(tiny_dir, tmp_path, capsys):
+    from emo_model.cli import main
+    tiny_img = tmp_path / "small.png"
+    from PIL import Image
+    Image.new("RGB", (40, 40)).save(tiny_img)
+    rc = main(["render", "--image", str(tiny_img), "--audio", "examples/speech.wav", "--model", str(tiny_dir),
+               "--out", str(tmp_path / "x.mp4")])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "64 px" in err and "Traceback" not in err
