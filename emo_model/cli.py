@@ -1,4 +1,4 @@
-"""Command line: `python -m emo_model render | make-tiny | convert`."""
+"""Command line: `python -m emo_model render | make-tiny | convert | download`."""
 import argparse
 import sys
 from pathlib import Path
@@ -137,6 +137,8 @@ def main(argv=None) -> int:
     c.add_argument("--link", action="store_true", help="reference the VAE and audio encoder instead of copying them")
     c.add_argument("--accelerated", action="store_true", help="EchoMimic: take the _acc (6-step) files")
     c.set_defaults(func=cmd_convert)
+    from .download import add_parser as add_download  # the `download` subcommand lives in emo_model/download/
+    add_download(sub)
     a = p.parse_args(argv)
     try:
         return a.func(a)
