@@ -37,9 +37,11 @@ EmoCropInfo = io.Custom("EMO_CROP_INFO")
 # models/emo/ (plus whatever extra_model_paths.yaml lists under `emo:`); idempotent, keeps yaml entries.
 folder_paths.add_model_folder_path(EMO_FOLDER, os.path.join(folder_paths.models_dir, EMO_FOLDER))
 
+DOWNLOAD_HINT = ("queue the EMO Download Models node (connect its output to Load EMO Models' checkpoint), or run "
+                 "`python -m emo_model download hallo` (`--list` shows every model) in the pack's folder")
 CHECKPOINT_HINT = ("put an EMO checkpoint in ComfyUI/models/emo/: a native checkpoint folder (config.json + one "
                    ".safetensors per component), Hallo's net.pth or its folder, or an EchoMimic folder "
-                   "(other locations: an `emo:` entry in extra_model_paths.yaml)")
+                   "(other locations: an `emo:` entry in extra_model_paths.yaml); to fetch one: " + DOWNLOAD_HINT)
 
 
 def emo_roots() -> list[str]:

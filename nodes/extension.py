@@ -1,6 +1,7 @@
 """The extension ComfyUI's loader asks for its nodes (V3 `comfy_entrypoint`)."""
 from .audio_encode import EMOAudioEncode
 from .comfy_bridge import ComfyExtension
+from .download import EMODownloadModels
 from .load_models import EMOLoadModels
 from .load_pose import EMOLoadPose
 from .paste_back import EMOPasteBack
@@ -10,7 +11,7 @@ from .video_combine import EMOVideoCombine
 
 # Node ids are the identity of shared workflows: never rename one (add a new node instead).
 NODES = [EMOLoadModels, EMOAudioEncode, EMOReferenceEncode, EMOSampler, EMOPasteBack, EMOVideoCombine,
-         EMOLoadPose]
+         EMOLoadPose, EMODownloadModels]
 
 
 class EMOExtension(ComfyExtension):
