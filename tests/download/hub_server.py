@@ -50,8 +50,9 @@ class FakeHub:
     def requests(self, host=None, method=None):
         return [r for r in self.log if (host is None or r["host"] == host) and (method is None or r["method"] == method)]
 
-    def payload_bytes(self):
-        return sum(r["sent"] for r in self.log if r["method"] == "GET")
+    def payload_bytes(self, since=None):
+        """Bytes sent in GET answers (of requests started after `since`, a time.monotonic() value)."""
+        return sum(r["sent"] for r in self.log if r["method"] == "GET" and (since is None or r["start"] > since))
 
     def __enter__(self):
         for s in (self.api, self.cdn):
@@ -76,7 +77,7 @@ class FakeHub:
                 with hub.lock:
                     hub.log.append(dict(host=host, method=self.command, path=unquote(urlsplit(self.path).path),
                                         range=self.headers.get("Range"), sent=sent,
-                                        auth=self.headers.get("authorization")))
+                                        auth=self.headers.get("authorization"), start=self.t0))
 
             def _reply(self, code, headers=(), body=b""):
                 self.send_response(code)
@@ -92,6 +93,7 @@ class FakeHub:
                 self.do_GET()
 
             def do_GET(self):
+                self.t0 = time.monotonic()
                 (self._api if host == "api" else self._cdn)(unquote(urlsplit(self.path).path))
 
             def _api(self, path):
