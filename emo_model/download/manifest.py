@@ -21,6 +21,7 @@ record. `approx_size` (bytes, optional) is only for showing sizes before the exa
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -148,13 +149,20 @@ def load_manifest(path) -> Manifest:
     return parse_manifest(data, path)
 
 
+def manifest_dirs() -> list[Path]:
+    """$EMO_DOWNLOAD_MANIFESTS (folders, os.pathsep-separated: a team's own models, listed by --list and the node;
+    a name there overrides the built-in one), then the built-in manifests."""
+    extra = [Path(p).expanduser() for p in os.environ.get("EMO_DOWNLOAD_MANIFESTS", "").split(os.pathsep) if p]
+    return extra + [MANIFEST_DIR]
+
+
 def builtin_names() -> list[str]:
-    return sorted(p.stem for p in MANIFEST_DIR.glob("*.json"))
+    return sorted({p.stem for d in manifest_dirs() for p in d.glob("*.json")})
 
 
 def builtin_manifest(name: str) -> Manifest:
-    path = MANIFEST_DIR / f"{name}.json"
-    if not NAME.match(name or "") or not path.is_file():
+    path = next((d / f"{name}.json" for d in manifest_dirs() if (d / f"{name}.json").is_file()), None)
+    if not NAME.match(name or "") or path is None:
         raise EMOInputError(f"no built-in model named '{name}': choose one of {', '.join(builtin_names())} "
                             "(`python -m emo_model download --list`), or give your own with --manifest FILE")
     return load_manifest(path)

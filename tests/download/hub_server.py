@@ -217,11 +217,12 @@ if __name__ == "__main__":  # serve a folder as a repo until killed
     ap.add_argument("--manifest-out", help="write a manifest of the served files here")
     ap.add_argument("--name", default="served")
     ap.add_argument("--delay", type=float, default=0.0)
+    ap.add_argument("--commit", default="0123456789abcdef" * 2 + "01234567")
     a = ap.parse_args()
     root = Path(a.folder)
     files = {str(p.relative_to(root)).replace(os.sep, "/"): p.read_bytes() for p in sorted(root.rglob("*"))
              if p.is_file()}
-    with FakeHub(a.repo, files) as hub:
+    with FakeHub(a.repo, files, commit=a.commit) as hub:
         hub.delay = a.delay
         if a.manifest_out:
             Path(a.manifest_out).write_text(json.dumps(hub.manifest(a.name), indent=1))
