@@ -60,16 +60,13 @@ def fake_files(name: str, fixtures: Path) -> dict:
 
 def test_manifest(name: str, hub) -> dict:
     """The built-in manifest with the stand-in files' sizes and sha256s (paths, repo and revision unchanged)."""
-    import dataclasses
     m = builtin_manifest(name)
 
     def entries(files):
         return [{"path": f.path, "size": len(hub.files[f.path]), "sha256": hub.sha256(f.path)} for f in files]
 
-    data = {"name": m.name, "repo": m.repo, "revision": m.revision, "licence": m.licence, "files": entries(m.files),
+    return {"name": m.name, "repo": m.repo, "revision": m.revision, "licence": m.licence, "files": entries(m.files),
             "extras": {g: {"licence": e.licence, "files": entries(e.files)} for g, e in m.extras.items()}}
-    dataclasses.replace  # (kept simple: plain JSON, as a user's own manifest would be)
-    return data
 
 
 test_manifest.__test__ = False

@@ -48,7 +48,8 @@ class FakeHub:
                            "sha256": self.sha256(p) if sha and p in self.files else None} for p in paths]}
 
     def requests(self, host=None, method=None):
-        return [r for r in self.log if (host is None or r["host"] == host) and (method is None or r["method"] == method)]
+        return [r for r in self.log
+                if (host is None or r["host"] == host) and (method is None or r["method"] == method)]
 
     def payload_bytes(self, since=None):
         """Bytes sent in GET answers (of requests started after `since`, a time.monotonic() value)."""

@@ -68,12 +68,11 @@ def test_a_connection_cut_half_way_resumes_from_the_bytes_received(hub, tmp_path
     hub.cut_after["weights/net.pth"] = 300_000
     r = download(manifest(hub), tmp_path, endpoint=hub.endpoint)
     assert (tmp_path / "tiny" / "weights/net.pth").read_bytes() == FILES["weights/net.pth"]
-    gets = [q for q in hub.requests("cdn", "GET") if "net.pth" in q["path"] or q["range"]]
     ranges = [q["range"] for q in hub.requests("cdn", "GET") if q["range"]]
     assert ranges and int(ranges[0][6:].rstrip("-")) >= 290_000, ranges   # not from zero
     total = sum(len(FILES[p]) for p in NEEDED)
     assert hub.payload_bytes() <= total + 16384, (hub.payload_bytes(), total)
-    assert r.transferred == sum(len(FILES[p]) for p in NEEDED) and gets
+    assert r.transferred == total                    # every byte written once
 
 
 def test_a_cut_download_left_on_disk_continues_on_the_next_run(hub, tmp_path, monkeypatch):
