@@ -7,8 +7,8 @@ import folder_paths
 
 from .. import emo_model
 from ..emo_model.errors import EMOCheckpointError
-from .comfy_bridge import (CATEGORY, CHECKPOINT_HINT, DOWNLOAD_HINT, EMOBundle, EmoModel, checkpoint_path, emo_roots,
-                           io, list_checkpoints, model_management)
+from .comfy_bridge import (CATEGORY, CHECKPOINT_HINT, EMOBundle, EmoModel, checkpoint_path, emo_roots, io,
+                           list_checkpoints, model_management)
 
 PRECISIONS = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 FROM_CHECKPOINT = "from checkpoint"
@@ -82,8 +82,6 @@ class EMOLoadModels(io.ComfyNode):
     def validate_inputs(cls, checkpoint=None):
         if checkpoint is None:  # linked (e.g. from EMO Download Models): checked when the node runs
             return True
-        if not list_checkpoints():
-            return f"no EMO model in {', '.join(emo_roots())} yet: {DOWNLOAD_HINT}"
         if checkpoint not in list_checkpoints():
             return (f"EMO checkpoint '{checkpoint}' not found in {', '.join(emo_roots())}: {CHECKPOINT_HINT}")
         return True

@@ -3,6 +3,7 @@ resume after a cut or a killed process, corruption found and fixed, and the erro
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from hub_server import FakeHub, NotAHub
 
 ROOT = Path(__file__).resolve().parents[2]
 REPO = "team/tiny-model"
+STATE = r"\b(missing|partial|complete)\b"
 
 
 def payload(n, seed):
@@ -214,3 +216,30 @@ def test_a_killed_process_resumes_from_the_bytes_on_disk(tmp_path):
         assert resumed and int(resumed[-1]["range"][6:].rstrip("-")) == on_disk
         assert resumed[-1]["sent"] == 3_000_000 - on_disk                  # just the rest of the file
         assert len([q for q in hub.log if q["host"] == "cdn" and not q["range"]]) == 1  # one start from zero
+
+
+def test_token_from_the_usual_setting_is_used(hub, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_from_env")                 # what huggingface_hub.get_token() reads
+    download(manifest(hub), tmp_path, endpoint=hub.endpoint)
+    assert {q["auth"] for q in hub.requests("api")} == {"Bearer hf_from_env"}
+
+
+def test_cli_list_dry_run_and_install_state(hub, tmp_path, monkeypatch, capsys):
+    from emo_model.cli import main
+    mdir = tmp_path / "manifests"
+    mdir.mkdir()
+    (mdir / "tiny.json").write_text(json.dumps(hub.manifest("tiny", NEEDED)))
+    monkeypatch.setenv("EMO_DOWNLOAD_MANIFESTS", str(mdir))       # a team's own manifests, beside the built-ins
+    dest = str(tmp_path / "emo")
+    assert main(["download", "--list", "--dest", dest]) == 0
+    out = capsys.readouterr().out
+    assert "hallo" in out and "echomimic-pose-acc" in out and "non-commercial" in out.lower()
+    assert [re.search(STATE, line)[0] for line in out.splitlines() if line.startswith("tiny ")] == ["missing"]
+    assert main(["download", "tiny", "--dest", dest, "--dry-run", "--endpoint", hub.endpoint]) == 0
+    assert "would fetch or check weights/net.pth" in capsys.readouterr().out and hub.log == []
+    assert main(["download", "tiny", "--dest", dest, "--endpoint", hub.endpoint]) == 0
+    assert main(["download", "--list", "--dest", dest]) == 0
+    out = capsys.readouterr().out
+    assert [re.search(STATE, line)[0] for line in out.splitlines() if line.startswith("tiny ")] == ["complete"]
+    assert main(["download", "nonesuch", "--dest", dest]) == 2
+    assert "no built-in model named 'nonesuch'" in capsys.readouterr().err
