@@ -31,7 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from emo_model import EMOConfig, EMOModel, EMOPipeline  # noqa: E402
-from emo_model.sampling.pipeline import guidance_passes  # noqa: E402
+from emo_model.sampling.guidance import guidance_passes  # noqa: E402
 from emo_model.render import render  # noqa: E402
 from emo_model.media.video import VideoWriter  # noqa: E402
 
@@ -191,7 +191,7 @@ def run(args, model, timer, device, name, steps, audio_cfg, ref_cfg, out_dir) ->
 def sync_check(model, steps, audio_cfg, ref_cfg, out_dir) -> dict:
     """One short render with `torch.cuda.set_sync_debug_mode("warn")`: every operation that makes the host wait for
     the GPU raises a warning at the Python line that caused it. Returns {file:line: count}; the lines inside the
-    pipeline's step loops (`_denoise`, `_sample_windows`) should never appear (decoding a finished clip to the host
+    step loops (`GuidedDDIM.denoise`, `sample_windows`) should never appear (decoding a finished clip to the host
     is expected, once per clip)."""
     import warnings
     res = model.config.resolution
@@ -259,7 +259,7 @@ def main(argv=None):
           f"{sum(p.numel() for p in model.vae.parameters()) / 1e6:.0f}M, audio "
           f"{sum(p.numel() for p in model.audio_encoder.parameters()) / 1e6:.0f}M), {device}, {dtype}", flush=True)
     if args.compile:
-        model.backbone.unet.compile()
+        model.backbone.compile()
         model.vae.decoder.compile()
     timer = PhaseTimer(device)  # benchmark-only wrappers: class methods of this process, hooks on this model
     timer.wrap(EMOPipeline, "encode_audio", "audio")

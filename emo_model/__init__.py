@@ -2,12 +2,15 @@
 
 This package never imports ComfyUI.
 """
-from .formats.load import detect_format, load_model, make_tiny, save_native
+from .audio.encoder import EncodedAudio
 from .config import EMOConfig
-from .errors import EMOCheckpointError, EMOError, EMOInputError, EMOInterrupted
+from .errors import EMOCheckpointError, EMOError, EMOInputError
+from .formats.load import detect_format, load_model, make_tiny, save_native
 from .models.model import EMOModel
-from .sampling.pipeline import EMOPipeline, EncodedAudio, EncodedReference, SampleProgress
+from .sampling.guidance import SampleProgress
+from .sampling.pipeline import EMOPipeline, memory_estimate
+from .sampling.reference import EncodedReference, prepare_reference
 
 __all__ = ["EMOConfig", "EMOModel", "EMOPipeline", "EncodedAudio", "EncodedReference", "SampleProgress",
-           "load_model", "make_tiny", "save_native", "detect_format",
-           "EMOError", "EMOInputError", "EMOCheckpointError", "EMOInterrupted"]
+           "prepare_reference", "memory_estimate", "load_model", "make_tiny", "save_native", "detect_format",
+           "EMOError", "EMOInputError", "EMOCheckpointError"]

@@ -42,7 +42,7 @@ def cmd_render(a) -> int:
         print(f"note: {kept} exists and is kept; writing {out} (--overwrite replaces it)", file=sys.stderr)
     model = load_model(a.model, device=device, dtype=_dtype(a.dtype, device))
     if a.compile:  # the first clip pays for compiling; worth it for long tracks on a GPU (see benchmarks/)
-        model.backbone.unet.compile()
+        model.backbone.compile()
         if model.vae is not None:
             model.vae.decoder.compile()
     bar = tqdm(total=None, unit="step", desc="EMO", dynamic_ncols=True)

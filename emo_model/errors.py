@@ -17,6 +17,3 @@ class EMOInputError(EMOError, ValueError):
 class EMOCheckpointError(EMOError, ValueError):
     """A model file or folder that is missing, truncated, unsafe or of an unknown kind."""
 
-
-class EMOInterrupted(EMOError):
-    """Raised when the user stops a render (callback asked to stop)."""

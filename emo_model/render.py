@@ -11,14 +11,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from .media.audio import load_audio
-from .faces.crop import crop, face_region_mask, find_crop, fit_color_match, paste_back
-from .media.image import example_portrait, load_image
-from .faces.embedding import face_embedding, identity_embedding, identity_model_folders
-from .sampling.pipeline import EMOPipeline
+from .media.audio import count_frames, fps_fraction, load_audio
+from .faces.crop import fit_color_match, paste_back
 from .faces.pose import load_pose_frames
+from .media.image import example_portrait, load_image
+from .sampling.pipeline import EMOPipeline
+from .sampling.reference import prepare_reference
 from .media.video import VideoWriter
 
 
@@ -41,14 +40,14 @@ def render(model, image, audio, out, *, steps=None, seed=0, fps=None, audio_cfg=
         load_image(image) if isinstance(image, (str, Path)) else np.asarray(image))
     wave, sr = load_audio(audio) if isinstance(audio, (str, Path)) else audio
     fps = cfg.fps if fps is None else fps
-    info = find_crop(picture, mask=face_mask, detector=detector, model_path=detector_file, face_index=face_index,
-                     margin=margin, resolution=cfg.resolution, whole_image=whole_image)
-    face = crop(picture, info)
     t0 = time.perf_counter()
+    num_frames = count_frames(np.shape(wave)[-1], sr, fps_fraction(fps))
+    frames = None if pose is None else load_pose_frames(pose, cfg.resolution, num_frames)
+    prepared = prepare_reference(model, picture, face_mask=face_mask, detector=detector, detector_file=detector_file,
+                                 face_index=face_index, margin=margin, whole_image=whole_image, identity=identity,
+                                 pose_frames=frames)
+    ref, info = prepared.reference, prepared.crop
     enc_audio = pipe.encode_audio(wave, sr, fps, frames_per_clip)
-    emb = _identity(model, face, identity)
-    frames = None if pose is None else load_pose_frames(pose, cfg.resolution, enc_audio.num_frames)
-    ref = pipe.encode_reference(torch.from_numpy(face).float() / 255, face_region_mask(info), emb, frames, info.mouth)
     match = None
 
     def emit(clip):  # on the worker thread, one clip after another
@@ -75,11 +74,3 @@ def render(model, image, audio, out, *, steps=None, seed=0, fps=None, audio_cfg=
     return dict(frames=frames, fps=enc_audio.fps, seconds=time.perf_counter() - t0, size=size,
                 duration=enc_audio.duration, out=str(out))
 
-
-def _identity(model, face, identity):
-    """Hallo's identity embedding [512] for the crop `face` (uint8 [res, res, 3]), or None (zero embedding)."""
-    if model.identity_projection is None or identity == "zero":
-        return None
-    if identity == "auto":
-        return identity_embedding(face, identity_model_folders(model.sources.get("checkpoint")))
-    return face_embedding(face, identity)

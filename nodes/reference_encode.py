@@ -6,8 +6,8 @@ import torch
 
 from ..emo_model.faces import crop as face_crop
 from ..emo_model.faces import detect as face_detect
-from ..emo_model.faces.embedding import identity_embedding, identity_model_folders
 from ..emo_model.faces.pose import pose_frames_from_images
+from ..emo_model.sampling.reference import prepare_reference
 from .comfy_bridge import (CATEGORY, EmoCropInfo, EmoModel, EmoReference, detector_folders, emo_roots, first_image,
                            io)
 
@@ -98,19 +98,15 @@ class EMOReferenceEncode(io.ComfyNode):
             mask = face_mask[frame_index] if face_mask.ndim == 3 and face_mask.shape[0] == image.shape[0] else face_mask
             mask = mask.reshape(mask.shape[-2:]).float().cpu().numpy()
         res = emo_model.model.config.resolution
-        info = face_crop.find_crop(picture, mask=mask, detector=AUTO if detector == WHOLE_IMAGE else detector,
-                                   model_path=_detector_folder(detector), face_index=face_index, margin=margin,
-                                   resolution=res, whole_image=detector == WHOLE_IMAGE and mask is None)
-        crop = torch.from_numpy(face_crop.crop(picture, info)).float() / 255.0        # [res, res, 3]
-        region = torch.from_numpy(face_crop.face_region_mask(info))                   # [res, res]
-        model = emo_model.model
-        emb = None
-        if model.identity_projection is not None and identity == AUTO:
-            folders = identity_model_folders(model.sources.get("checkpoint"), emo_roots())
-            emb = identity_embedding(face_crop.crop(picture, info), folders)
         frames = None
         if pose_frames is not None:
             frames = pose_frames_from_images(pose_frames.float().cpu().numpy(), res, name="pose_frames")
         emo_model.to_compute_device()
-        reference = emo_model.pipeline.encode_reference(crop, region, emb, frames, info.mouth)
+        prepared = prepare_reference(
+            emo_model.model, picture, face_mask=mask, detector=AUTO if detector == WHOLE_IMAGE else detector,
+            detector_file=_detector_folder(detector), face_index=face_index, margin=margin,
+            whole_image=detector == WHOLE_IMAGE and mask is None, identity="zero" if identity == ZERO_IDENTITY else "auto",
+            identity_roots=emo_roots(), pose_frames=frames)
+        reference, crop = prepared.reference, torch.from_numpy(prepared.face).float() / 255.0  # [res, res, 3]
+        info = prepared.crop
         return io.NodeOutput(reference, CropPlacement(info, picture), crop[None])

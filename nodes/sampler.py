@@ -7,7 +7,8 @@ from PIL import Image
 
 import comfy.utils
 
-from ..emo_model.errors import EMOInputError, EMOInterrupted
+from ..emo_model.errors import EMOInputError
+from ..emo_model.sampling.pipeline import memory_estimate
 from .comfy_bridge import CATEGORY, EmoAudio, EmoModel, EmoReference, io, model_management
 
 PREVIEW_SIZE = 512  # px, longest side of the JPEG previews sent to the browser
@@ -124,24 +125,19 @@ class EMOSampler(io.ComfyNode):
             bar.update_absolute(p.step, p.total_steps, ("JPEG", preview, PREVIEW_SIZE) if preview else None)
             model_management.throw_exception_if_processing_interrupted()
 
-        res = config.resolution
-        clip_frames = fpc or config.frames_per_clip
-        bundle.to_compute_device(memory_required=int(1.5e9 * (res / 512) ** 2 * clip_frames / 12))
+        bundle.to_compute_device(memory_required=memory_estimate(config, fpc))
         # Finished frames leave the GPU clip by clip into one preallocated IMAGE batch on ComfyUI's intermediate
         # device: RAM holds the frames once (no list of clips plus a concatenated copy).
         frames, done = None, 0
-        try:
-            for clip in bundle.pipeline.sample(encoded_audio, reference, steps=steps, seed=seed,
-                                               audio_cfg=audio_cfg, ref_cfg=reference_cfg, speed=speed,
-                                               frames_per_clip=fpc, motion_frames=mf,
-                                               region_weights=(pose_weight, face_weight, lip_weight),
-                                               callback=on_step):
-                if frames is None:
-                    frames = _frame_batch(encoded_audio.num_frames, clip.shape[1:])
-                frames[done:done + clip.shape[0]] = clip.clamp(0, 1)
-                done += clip.shape[0]
-        except EMOInterrupted:
-            raise model_management.InterruptProcessingException() from None
+        for clip in bundle.pipeline.sample(encoded_audio, reference, steps=steps, seed=seed,
+                                           audio_cfg=audio_cfg, ref_cfg=reference_cfg, speed=speed,
+                                           frames_per_clip=fpc, motion_frames=mf,
+                                           region_weights=(pose_weight, face_weight, lip_weight),
+                                           callback=on_step):
+            if frames is None:
+                frames = _frame_batch(encoded_audio.num_frames, clip.shape[1:])
+            frames[done:done + clip.shape[0]] = clip.clamp(0, 1)
+            done += clip.shape[0]
         if not done:
             raise EMOInputError("EMO Sampler produced no frames: the encoded audio is empty")
         frames = frames[:done]

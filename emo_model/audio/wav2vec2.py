@@ -22,9 +22,11 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
+from einops import rearrange
 from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
 
 from ..errors import EMOCheckpointError, EMOInputError
+from ..media.audio import fps_fraction
 
 SAMPLE_RATE = 16000  # Hz, the only rate wav2vec2 was trained on
 _WN = "encoder.pos_conv_embed.conv."  # the weight-normed positional conv
@@ -244,6 +246,35 @@ class Wav2VecAudioEncoder(nn.Module):
             raise EMOInputError(f"window rows {start}..{end} are outside the {n} feature frames")
         idx = torch.arange(start, end)[:, None] + torch.arange(-m, m + 1)[None]
         return features[idx.clamp(0, n - 1).to(features.device)]
+
+    # ------------------------------------------------------------------ the sampler's interface (AudioEncoder)
+
+    def frame_features(self, wave16: torch.Tensor, fps: Fraction, num_frames: int, frames_per_clip: int,
+                       settings: dict) -> torch.Tensor:
+        """`AudioEncoder.frame_features`: all layers per video frame [F, L, C] on the CPU. The track is encoded at
+        the rate the model was trained with (`settings["fps"]`, default the video's), then the features are
+        resampled linearly to the video rate; F is padded to whole clips when `settings["pad_to_clip"]` (Hallo)."""
+        enc_fps = fps_fraction(settings.get("fps") or fps)
+        pad = frames_per_clip if settings.get("pad_to_clip") else 1
+        if enc_fps == fps:
+            return self.encode(wave16, fps, pad_multiple=pad)
+        feats = self.encode(wave16, enc_fps)
+        n_out = math.ceil(num_frames / pad) * pad
+        feats = F.interpolate(rearrange(feats, "f l c -> 1 (l c) f"), size=n_out, mode="linear", align_corners=True)
+        return rearrange(feats, "1 (l c) f -> f l c", l=self.num_layers)
+
+    def frame_tokens(self, features: torch.Tensor, start: int, end: int, settings: dict,
+                     projection: nn.Module) -> torch.Tensor:
+        """`AudioEncoder.frame_tokens`: frames start..end-1 windowed +-`settings["window"]` (Hallo's m = 2) and
+        projected (`AudioProjection`) -> [end - start, T, D] on the projection's device, 256 frames at a time (a
+        whole track's windows at once could be large)."""
+        m = settings.get("window", 2)
+        p = next(projection.parameters())
+        out = []
+        for a in range(start, end, 256):
+            win = self.window(features, m, a, min(a + 256, end))  # [b - a, 2m+1, L, C]
+            out.append(projection(win.to(p.device, p.dtype)))
+        return torch.cat(out)
 
     # ------------------------------------------------------------------ helpers
 

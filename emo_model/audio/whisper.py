@@ -179,6 +179,17 @@ class WhisperAudioEncoder(nn.Module):
             out.append(self.encode_levels(seg[None].to(p.device, p.dtype))[0, :keep])
         return torch.cat(out).float().cpu()
 
+    def frame_features(self, wave16: torch.Tensor, fps, num_frames: int, frames_per_clip: int,
+                       settings: dict) -> torch.Tensor:
+        """`AudioEncoder.frame_features`: EchoMimic's chunks, the audio tokens of each video frame
+        [num_frames, 10 x levels, width] on the CPU."""
+        return self.chunks(self.features(wave16), float(fps), num_frames)
+
+    def frame_tokens(self, features: torch.Tensor, start: int, end: int, settings: dict,
+                     projection=None) -> torch.Tensor:
+        """`AudioEncoder.frame_tokens`: the chunks are the tokens (EchoMimic has no audio projection)."""
+        return features[start:end]
+
     @staticmethod
     def chunks(features: torch.Tensor, fps: float, num_frames: int | None = None) -> torch.Tensor:
         """EchoMimic's `feature2chunks`: [n_50Hz, levels, width] -> [frames, 10 * levels, width].

@@ -5,11 +5,15 @@ h += attn1(norm1 h) -> audio cross-attention -> h += ff(norm3 h) -> 1x1 `proj_ou
 The audio cross-attention is either one plain `attn2` (EMO) or, with `regions`, Hallo's hierarchical form: one
 cross-attention per region (`attn2_0/1/2` = full/background, face, lip), each output multiplied by that region's mask
 at this block's resolution, through a 1x1 `zero_conv_{full,face,lip}`, and weighted by the sampler's region weights.
+EchoMimic has no such layers: its audio tokens take the UNet's cross-attention slot (`attn2`), whose output it
+multiplies by a gain (`GainAttnProcessor`).
 """
 from diffusers.models.attention import FeedForward
 from diffusers.models.attention_processor import Attention
 from einops import rearrange
 from torch import nn
+
+from .attention import EMOAttnProcessor
 
 REGIONS = ("full", "face", "lip")
 
@@ -64,3 +68,15 @@ class AudioAttention(nn.Module):
         t = rearrange(self.proj_in(self.norm(x)), "n c h w -> n (h w) c")
         t = self.transformer_blocks[0](t, audio, masks, weights)
         return self.proj_out(rearrange(t, "n (h w) c -> n c h w", h=h)) + x
+
+
+class GainAttnProcessor(EMOAttnProcessor):
+    """Cross-attention whose output is multiplied by `gain` (EchoMimic's audio in the attn2 slot, gain 3.0)."""
+
+    def __init__(self, gain: float):
+        super().__init__()
+        self.gain = gain
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
+                 conditions=None, record=None):
+        return self.gain * super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb)

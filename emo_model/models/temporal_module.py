@@ -6,33 +6,24 @@ state dicts load as they are. Per module (C = block width):
 `...attention_blocks.N.pos_encoder.pe [1, max_len, C]`, `...norms.{0,1}`, `...ff.net.{0.proj,2}`, `...ff_norm`.
 EMO's speed layers add `...transformer_blocks.0.{speed_norm, speed_attn}` (cross-attention to per-frame speed features).
 """
-import math
-
 import torch
 import torch.nn.functional as F
 from diffusers.models.attention import FeedForward
 from diffusers.models.attention_processor import Attention
+from diffusers.models.embeddings import SinusoidalPositionalEmbedding
 from einops import rearrange
 from torch import nn
 
 
-class PositionalEncoding(nn.Module):
-    """Sinusoidal frame-position table added to the tokens before attention. `pe`: [1, max_len, C]."""
-
-    def __init__(self, dim: int, max_len: int = 32):
-        super().__init__()
-        position = torch.arange(max_len).unsqueeze(1)
-        div_term = torch.exp(torch.arange(0, dim, 2) * (-math.log(10000.0) / dim))
-        pe = torch.zeros(1, max_len, dim)
-        pe[0, :, 0::2] = torch.sin(position * div_term)
-        pe[0, :, 1::2] = torch.cos(position * div_term)
-        self.register_buffer("pe", pe)
+class PositionalEncoding(SinusoidalPositionalEmbedding):
+    """diffusers' sinusoidal frame-position table (`pe`: [1, max_len, C], AnimateDiff's key and values), added to the
+    tokens before attention; more frames than positions is a clear error instead of a broadcast error."""
 
     def forward(self, x):  # x: [(b h w), f, C]
         if x.shape[1] > self.pe.shape[1]:
             raise ValueError(f"{x.shape[1]} frames exceed the temporal module's {self.pe.shape[1]} positions: "
                              "lower frames per clip + motion frames")
-        return x + self.pe[:, : x.shape[1]].to(x.dtype)
+        return super().forward(x)
 
 
 class TemporalAttention(nn.Module):

@@ -270,7 +270,7 @@ def test_pose_sampling_drives_each_frame_with_its_drawing(pose_model):
     from fractions import Fraction
 
     from emo_model import EMOPipeline, EncodedAudio
-    from emo_model.sampling.pipeline import context_windows
+    from emo_model.sampling.context_windows import context_windows
     pipe = EMOPipeline(pose_model)
     res, L = 64, 14
     face = torch.rand(res, res, 3, generator=torch.Generator().manual_seed(1))

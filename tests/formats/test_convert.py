@@ -14,7 +14,8 @@ from safetensors.torch import load_file
 
 from emo_model import EMOCheckpointError, EMOPipeline, EncodedReference, load_model
 from emo_model.cli import main
-from emo_model.sampling.pipeline import guidance_passes
+from emo_model.sampling.guidance import guidance_passes
+from emo_model.sampling.motion_frames import MotionFrames
 
 TOL = dict(atol=1e-6, rtol=0)
 SETS = {"hallo": "hallo-tiny/net.pth", "echomimic": "echomimic-tiny"}
@@ -44,17 +45,17 @@ def _outputs(name, folder, model) -> dict:
             ref = EncodedReference(image=None, latent=d["ref_latent"], locator_mask=d["face_region"][None, :, None],
                                    masks=masks, identity_embedding=d["face_emb"])
             n = meta["n_motion_frames"]
-            ctx, ehs = pipe.clip_conditions(ref, d["audio_tokens"][0], passes, pipe._reference_bank(ref, n),
-                                            d["motion_latents"], tuple(meta["motion_scale"]))
+            cache = pipe.conditions(ref, passes)
+            motion = MotionFrames(model, cache, pipe.vae, n, d["motion_latents"]).features()
+            conditions = cache.clip(d["audio_tokens"][0], n, motion, tuple(meta["motion_scale"]))
             fps = 25  # Hallo's script encodes audio at its fixed 25 fps
         else:
             ref = EncodedReference(image=None, latent=d["ref_latent"], locator_mask=d["face_mask"])
             tokens = d["audio_tokens"][0]
-            ctx, ehs = pipe._conditions(ref, tokens, passes, tokens.shape[0], pipe._reference_bank(ref, 0), None,
-                                        (1.0, 1.0, 1.0), None)
+            conditions = pipe.conditions(ref, passes).clip(tokens)
             fps = meta["fps"]
         x = d["noisy_latents"].expand(len(passes), -1, -1, -1, -1)
-        out = model.backbone(x, d["timestep"][0], ehs, ctx)
+        out = model.backbone(x, d["timestep"][0], conditions)
         tokens = pipe.audio_tokens(pipe.encode_audio(audio["waveform"], 16000, fps))
     return {"backbone": out, "audio_tokens": tokens, "expected_cond": d["out_cond"]}
 

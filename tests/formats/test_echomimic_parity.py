@@ -21,7 +21,8 @@ from safetensors.torch import load_file
 
 from emo_model import EMOCheckpointError, EMOInputError, EMOPipeline, EncodedAudio, EncodedReference, load_model
 from emo_model.formats.echomimic import echomimic_files
-from emo_model.sampling.pipeline import FULL, UNCOND, context_windows, guidance_passes
+from emo_model.sampling.context_windows import context_windows
+from emo_model.sampling.guidance import FULL, UNCOND, guidance_passes
 
 ATOL, RTOL = 1e-4, 1e-4
 
@@ -66,10 +67,9 @@ def _forward(model, data, audio_cfg, ref_cfg):
     passes = guidance_passes(audio_cfg, ref_cfg)
     tokens = data["audio_tokens"][0]  # [f, 10 x levels, width]
     with torch.no_grad():
-        ctx, ehs = pipe._conditions(ref, tokens, passes, tokens.shape[0], pipe._reference_bank(ref, 0), None,
-                                    (1.0, 1.0, 1.0), None)
+        conditions = pipe.conditions(ref, passes).clip(tokens)
         x = data["noisy_latents"].expand(len(passes), -1, -1, -1, -1)
-        out = model.backbone(x, data["timestep"][0], ehs, ctx)
+        out = model.backbone(x, data["timestep"][0], conditions)
     return out, passes
 
 
@@ -113,7 +113,8 @@ def test_face_locator(model, em):
 def test_reference_net_bank(model, em):
     data = load_file(em / "unet_forward.safetensors")
     inter = load_file(em / "unet_forward_intermediates.safetensors")
-    bank = EMOPipeline(model)._reference_bank(_reference(data["ref_latent"], data["face_mask"]), 0)
+    with torch.no_grad():
+        bank = EMOPipeline(model).conditions(_reference(data["ref_latent"], data["face_mask"])).reference_bank(0)
     for key in (k for k in inter if k.startswith("bank.")):
         _close(bank[key[len("bank."):]], inter[key], key)
 
@@ -167,7 +168,8 @@ def test_sampling_run(model, em, meta, monkeypatch):
     # the frame size is a run setting in EchoMimic (-W/-H); the set's is in its meta
     monkeypatch.setattr(model.config, "resolution", meta["pixel_hw"])
     pipe = EMOPipeline(model)
-    pipe._vae_decode = lambda latents: latents  # stand-in decode: [n, 4, h, w] latents come out as they are
+    # stand-in decode: [n, 4, h, w] latents come out as they are
+    monkeypatch.setattr(pipe.vae, "decode", lambda latents, keep_last=0: (latents, None))
     audio = EncodedAudio(data["audio_tokens_all"][0], L, Fraction(meta["fps"]), torch.zeros(1, 320), 16000)
     ref = _reference(data["ref_latent"], data["face_mask"])
 

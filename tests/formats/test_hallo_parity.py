@@ -12,7 +12,8 @@ from diffusers import DDIMScheduler
 from safetensors.torch import load_file
 
 from emo_model import EMOPipeline, EncodedReference, load_model
-from emo_model.sampling.pipeline import guidance_passes
+from emo_model.sampling.guidance import GuidedDDIM, guidance_passes
+from emo_model.sampling.motion_frames import MotionFrames
 
 TOL = dict(atol=1e-4, rtol=1e-4)
 
@@ -33,6 +34,14 @@ def _reference(d, latent):
     masks = [[d[f"{r}_mask.{i}"] for i in range(4)] for r in ("full", "face", "lip")]
     return EncodedReference(image=None, latent=latent, locator_mask=d["face_region"][None, :, None],
                             masks=masks, identity_embedding=d["face_emb"])
+
+
+def _clip_conditions(pipe, ref, passes, tokens, motion_latents, region_weights):
+    """The backbone's conditions for one clip, made by the pipeline's own code (conditions.py, motion_frames.py)."""
+    cache = pipe.conditions(ref, passes)
+    n = motion_latents.shape[0]
+    motion = MotionFrames(pipe.model, cache, pipe.vae, n, motion_latents).features()
+    return cache.clip(tokens, n, motion, region_weights)
 
 
 def _close(a, b):
@@ -84,8 +93,9 @@ def test_identity_tokens(hallo):
     folder, model, pipe = hallo
     d = load_file(folder / "unet_forward.safetensors")
     ref = _reference(d, d["ref_latent"])
-    _close(pipe._identity_tokens(ref, True), d["identity_tokens_cond"])
-    _close(pipe._identity_tokens(ref, False), d["identity_tokens_uncond"])
+    cache = pipe.conditions(ref)
+    _close(cache.identity_tokens(True), d["identity_tokens_cond"])
+    _close(cache.identity_tokens(False), d["identity_tokens_uncond"])
 
 
 def test_unet_forward_with_reference_motion_frames_and_cfg(hallo, meta):
@@ -100,11 +110,9 @@ def test_unet_forward_with_reference_motion_frames_and_cfg(hallo, meta):
     passes = guidance_passes(meta["cfg_scale"], meta["cfg_scale"])
     assert len(passes) == 2  # equal scales: Hallo's single CFG, uncond + full
     with torch.no_grad():
-        bank = pipe._reference_bank(ref, n)
-        ctx, ehs = pipe.clip_conditions(ref, d["audio_tokens"][0], passes, bank, d["motion_latents"],
-                                        region_weights=meta["motion_scale"])
+        conditions = _clip_conditions(pipe, ref, passes, d["audio_tokens"][0], d["motion_latents"], meta["motion_scale"])
         x = d["noisy_latents"].expand(2, -1, -1, -1, -1)
-        out = model.backbone(x, d["timestep"][0], ehs, ctx)
+        out = model.backbone(x, d["timestep"][0], conditions)
     _close(out[0:1], d["out_uncond"])
     _close(out[1:2], d["out_cond"])
     weights = torch.tensor([w for _, w in passes]).view(-1, 1, 1, 1, 1)
@@ -128,9 +136,10 @@ def test_sampling(hallo, meta):
     passes = guidance_passes(meta["cfg_scale"], meta["cfg_scale"])
     seen = []
     with torch.no_grad():
-        ctx, ehs = pipe.clip_conditions(ref, d["audio_tokens"][0], passes, pipe._reference_bank(ref, ref_lat.shape[0] - 1),
-                                        ref_lat[1:], region_weights=meta["motion_scale"])
-        final = pipe._denoise(noise, steps, passes, ctx, ehs, lambda i, lat: seen.append(lat.clone()))
+        conditions = _clip_conditions(pipe, ref, passes, d["audio_tokens"][0], ref_lat[1:], meta["motion_scale"])
+        ddim = GuidedDDIM(model, passes, steps)
+        final = ddim.denoise(noise * ddim.scheduler.init_noise_sigma, conditions,
+                             lambda i, lat: seen.append(lat.clone()))
     assert len(seen) == steps
     for i in range(steps):
         _close(seen[i], d[f"step{i}.latents_after"])

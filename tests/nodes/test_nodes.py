@@ -316,7 +316,7 @@ def test_sampler_region_weights_reach_the_backbone(comfy, loaded):
     """Hallo's pose / face / lip weights (optional widgets: workflows saved without them keep working) arrive in
     every backbone call's conditions."""
     seen = []
-    hook = loaded.bundle.model.backbone.register_forward_pre_hook(lambda m, args: seen.append(args[3].region_weights))
+    hook = loaded.bundle.model.backbone.register_forward_pre_hook(lambda m, args: seen.append(args[2].region_weights))
     try:
         common = dict(emo_model=loaded.bundle, encoded_audio=loaded.encoded, reference=loaded.ref, seed=0, steps=1,
                       audio_cfg=1.0, reference_cfg=1.0, head_motion_speed=1.0, frames_per_clip=0, motion_frames=-1)

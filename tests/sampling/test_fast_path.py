@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from emo_model import EMOPipeline, load_model
-from emo_model.sampling.pipeline import guidance_passes
+from emo_model.sampling.guidance import guidance_passes
+from emo_model.sampling.motion_frames import MotionFrames
 
 # A 5-minute track against a 30-second one (the issue's check), at 1 fps so that the long track's 300 frames (75 clips)
 # render in ~30 s on a shared CPU core; at 25 fps the same track is 1875 clips (~10 min here). The audio path (decode,
@@ -88,18 +89,20 @@ def test_batched_guidance_passes_match_one_by_one(pipe64, first_clip):
     tokens = pipe.audio_tokens(pipe.encode_audio(_voice(0.4), 16000, 25), f, 2 * f)
     g = torch.Generator().manual_seed(3)
     motion = ref.latent.expand(n, -1, -1, -1) if first_clip else torch.randn(n, 4, s, s, generator=g).double()
-    speed = model.speed_encoder(torch.full((1, f), 0.7, dtype=torch.float64))
-    bank = pipe._reference_bank(ref, n)
-    ctx, ehs = pipe.clip_conditions(ref, tokens, passes, bank, motion, speed_feats=speed)
+
+    def conditions(passes):  # what `sample` builds for a clip: ReferenceNet features, motion frames, speed 0.7
+        cache = pipe.conditions(ref, passes, speed=0.7)
+        return cache.clip(tokens, n, MotionFrames(model, cache, pipe.vae, n, motion).features())
+
     weights = torch.tensor([w for _, w in passes], dtype=torch.float64).view(-1, 1, 1, 1, 1)
+    with torch.no_grad():
+        together = conditions(passes)
+        alone = [conditions([pw]) for pw in passes]
     for t in (999, 500, 20):
         x = torch.randn(1, 4, f, s, s, generator=g).double()
-        batched = model.backbone(x.expand(len(passes), -1, -1, -1, -1), t, ehs, ctx)
-        single = []
-        for p, w in passes:
-            ctx1, ehs1 = pipe.clip_conditions(ref, tokens, [(p, w)], bank, motion, speed_feats=speed)
-            single.append(model.backbone(x, t, ehs1, ctx1))
-        single = torch.cat(single)
+        with torch.no_grad():
+            batched = model.backbone(x.expand(len(passes), -1, -1, -1, -1), t, together)
+            single = torch.cat([model.backbone(x, t, c) for c in alone])
         scale = single.abs().max()
         for i in range(len(passes)):  # the passes' conditions differ, so a mix-up of rows could not go unseen
             for j in range(i):
@@ -112,8 +115,9 @@ def test_batched_guidance_passes_match_one_by_one(pipe64, first_clip):
 
 # ---------------------------------------------------------------- ReferenceNet work per video
 def test_reference_features_once_per_video(pipe):
-    """The reference goes through ReferenceNet once per video (not per step or clip); motion frames once per clip;
-    a second video from the same encoded reference reuses the reference's features."""
+    """The reference goes through ReferenceNet once per video (not per step or clip); motion frames once per clip.
+    Nothing is kept between videos (a second video makes the reference's features again: one ReferenceNet pass,
+    cheap next to the denoising, and no tensors outlive a run)."""
     n, f, steps = pipe.config.motion_frames, pipe.config.frames_per_clip, 3
     audio = pipe.encode_audio(_voice(0.48), 16000, 25)
     clips = math.ceil(audio.num_frames / f)
@@ -131,7 +135,7 @@ def test_reference_features_once_per_video(pipe):
         hook.remove()
     assert first.count(True) == 1 and first[0]       # the reference alone, once, before the first clip
     assert first.count(False) == clips               # motion frames: one batch per clip, whatever the steps
-    assert calls == [False] * clips                  # second video: the reference's features come from the cache
+    assert calls == first                            # second video: the same work again
 
 
 # ---------------------------------------------------------------- memory of the streaming render
@@ -211,9 +215,8 @@ def test_streaming_render_memory_flat_for_long_tracks(tiny_dir, tmp_path):
 
 # ---------------------------------------------------------------- copies of the model
 def test_deepcopy_runs_on_its_own_context(pipe):
-    """copy.deepcopy(model) (what a host app may do to keep a patched copy) gives a model whose hooks and attention
-    processors read the copy's own context: same output as the original, and changing the copy's weights changes
-    only the copy."""
+    """copy.deepcopy(model) (what a host app may do to keep a patched copy) gives a model that runs on its own
+    weights: same output as the original, and changing the copy's weights changes only the copy."""
     import copy
     model = pipe.model
     twin = copy.deepcopy(model)
@@ -225,14 +228,15 @@ def test_deepcopy_runs_on_its_own_context(pipe):
     motion = torch.randn(n, 4, s, s, generator=torch.Generator().manual_seed(5))
     x = torch.randn(1, 4, f, s, s, generator=torch.Generator().manual_seed(6)).expand(len(passes), -1, -1, -1, -1)
     with torch.no_grad():
-        ctx, ehs = pipe.clip_conditions(ref, tokens, passes, pipe._reference_bank(ref, n), motion)
-        a = model.backbone(x, 500, ehs, ctx)
-        b = twin.backbone(x, 500, ehs, ctx)
+        cache = pipe.conditions(ref, passes)
+        conditions = cache.clip(tokens, n, MotionFrames(model, cache, pipe.vae, n, motion).features())
+        a = model.backbone(x, 500, conditions)
+        b = twin.backbone(x, 500, conditions)
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
         for p in twin.backbone.unet.down_blocks[0].motion_modules.parameters():
             p.add_(0.5)
-        c = twin.backbone(x, 500, ehs, ctx)
-        torch.testing.assert_close(model.backbone(x, 500, ehs, ctx), a, atol=1e-6, rtol=0)
+        c = twin.backbone(x, 500, conditions)
+        torch.testing.assert_close(model.backbone(x, 500, conditions), a, atol=1e-6, rtol=0)
     assert (c - a).abs().max() > 1e-3
 
 
@@ -242,7 +246,7 @@ def test_decoded_tail_on_device_matches_the_frames(pipe):
     s = pipe.config.latent_size
     latents = torch.randn(10, 4, s, s, generator=torch.Generator().manual_seed(4))
     for keep in (3, 1, 10):
-        frames, tail = pipe._decode(latents, keep_last=keep)
+        frames, tail = pipe.vae.decode(latents, keep_last=keep)
         assert frames.shape[0] == 10 and tail.shape[0] == keep
         torch.testing.assert_close(tail.float().cpu(), frames[-keep:].permute(0, 3, 1, 2) * 2 - 1, atol=1e-5, rtol=0)
-    assert pipe._decode(latents)[1] is None
+    assert pipe.vae.decode(latents)[1] is None

@@ -12,6 +12,8 @@ from emo_model.models.face_locator import FaceLocator
 from emo_model.models.speed_layers import SpeedEncoder
 from emo_model.models.temporal_module import TemporalModule
 from emo_model.models.audio_attention import AudioAttention
+from emo_model.sampling.guidance import guidance_passes
+from emo_model.sampling.motion_frames import MotionFrames
 
 
 def _voice(seconds, sr=16000, seed=0):
@@ -33,36 +35,80 @@ def _render(pipe, audio, ref, **kw):
     return torch.cat(list(pipe.sample(audio, ref, **{"steps": 1, "seed": 0, **kw})))
 
 
-# ---------------------------------------------------------------- component layouts
-def test_component_layouts():
+# ---------------------------------------------------------------- components: what each one mixes, and what not
+def test_face_locator_works_frame_by_frame():
+    """[b c f H W] -> [b C f H/8 W/8], and frame j's features depend on frame j's mask only."""
     fl = FaceLocator(32, 1, [8, 16, 16, 32])
-    assert fl(torch.rand(2, 1, 3, 64, 64)).shape == (2, 32, 3, 8, 8)  # b c f H/8 W/8
-    tm = TemporalModule(32, heads=8, max_len=32, speed_dim=16)
-    x = torch.randn(2, 32, 5, 4, 4)  # b c f h w
-    assert tm(x, torch.randn(2, 5, 16)).shape == x.shape
+    x = torch.rand(2, 1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    out = fl(x)
+    assert out.shape == (2, 32, 3, 8, 8)
+    torch.testing.assert_close(fl(x[:, :, 1:2])[:, :, 0], out[:, :, 1], atol=1e-6, rtol=0)
+    x2 = x.clone()
+    x2[:, :, 2] = 1 - x2[:, :, 2]
+    out2 = fl(x2)
+    assert torch.equal(out2[:, :, :2], out[:, :, :2]) and not torch.allclose(out2[:, :, 2], out[:, :, 2])
+
+
+def test_audio_attention_rows_see_their_own_tokens():
+    """[(b f), C, h, w] with audio [(b f), T, D]: row i's output depends on row i's tokens only."""
+    torch.manual_seed(0)
     aa = AudioAttention(32, 32, 24, heads=8, norm_groups=8)
-    assert aa(torch.randn(6, 32, 4, 4), torch.randn(6, 7, 24)).shape == (6, 32, 4, 4)  # (b f) c h w
+    x, audio = torch.randn(6, 32, 4, 4), torch.randn(6, 7, 24)
+    out = aa(x, audio)
+    assert out.shape == (6, 32, 4, 4)
+    audio2 = audio.clone()
+    audio2[3] += 1.0
+    changed = (aa(x, audio2) - out).abs().amax(dim=(1, 2, 3))
+    assert changed[3] > 1e-4 and torch.all(changed[torch.arange(6) != 3] == 0)
+
+
+def test_speed_features_see_a_window_of_frames():
+    """Frame i's speed features depend on the speeds of frames i-m .. i+m only (m = 2)."""
+    torch.manual_seed(0)
     sp = SpeedEncoder([-1.0, 0.0, 1.0], [1.0, 1.0, 1.0], window=2, dim=16, hidden=8)
-    assert sp(torch.full((2, 6), 0.5)).shape == (2, 6, 16)  # b f l
+    speed = torch.full((2, 10), 0.5)
+    out = sp(speed)
+    assert out.shape == (2, 10, 16)  # b f l
+    speed[:, 5] = 1.5
+    changed = (sp(speed) - out).abs().amax(dim=(0, 2))
+    assert torch.all(changed[3:8] > 0) and torch.all(changed[:3] == 0) and torch.all(changed[8:] == 0)
 
 
 def test_temporal_module_attends_over_frames():
-    tm = TemporalModule(32, heads=8, max_len=32).eval()
+    """Every frame sees a change in another frame (bidirectional attention over f); batch rows stay apart; frame
+    order matters (position table); the speed cross-attention starts as a no-op (zero-initialised output)."""
+    torch.manual_seed(0)
+    tm = TemporalModule(32, heads=8, max_len=32, speed_dim=16).eval()
     torch.nn.init.normal_(tm.temporal_transformer.proj_out.weight)
-    x = torch.randn(1, 32, 4, 3, 3)
+    x = torch.randn(2, 32, 4, 3, 3)
+    out = tm(x)
+    assert out.shape == x.shape
     x2 = x.clone()
-    x2[:, :, 3] += 1.0  # change the last frame only
-    changed = (tm(x2) - tm(x)).abs().amax(dim=(1, 3, 4))[0]  # per frame
-    assert (changed[:3] > 0).all()  # earlier frames see the change through temporal attention
-    assert torch.equal(tm(x[:, :, :1]), tm(x[:, :, :1]))
+    x2[0, :, 3] += 1.0  # change the last frame of the first batch row only
+    changed = (tm(x2) - out).abs().amax(dim=(1, 3, 4))  # [b, f]
+    assert (changed[0, :3] > 0).all() and (changed[1] == 0).all()
+    reversed_in = tm(x.flip(2)).flip(2)
+    assert not torch.allclose(reversed_in, out, atol=1e-4)
+    speed = torch.randn(2, 4, 16)
+    torch.testing.assert_close(tm(x, speed), out, atol=0, rtol=0)
+    torch.nn.init.normal_(tm.temporal_transformer.transformer_blocks[0].speed_attn.to_out[0].weight)
+    assert not torch.allclose(tm(x, speed), out, atol=1e-4)
 
 
-def test_reference_and_backbone_layouts(pipe):
+def test_reference_features_per_layer(pipe):
+    """ReferenceNet gives one feature map per self-attention layer of the backbone ([1, h w, C] at that layer's
+    resolution), and they depend on the reference."""
     ref = _ref(pipe)
-    assert ref.latent.shape == (1, 4, 8, 8) and ref.locator_mask.shape[-2:] == (64, 64)
-    bank = pipe._reference_bank(ref, 2)
-    assert all(v.ndim == 3 and v.shape[0] == 1 for v in bank.values())  # path -> [1, L, C]
-    assert len(bank) == len([m for m in pipe.model.backbone.unet.modules() if type(m).__name__ == "BasicTransformerBlock"])
+    assert ref.latent.shape == (1, 4, 8, 8) and ref.locator_mask.shape == (1, 1, 1, 64, 64)
+    with torch.no_grad():
+        bank = pipe.conditions(ref).reference_bank(2)
+        other = pipe.conditions(pipe.encode_reference(1 - torch.rand(64, 64, 3), ref.locator_mask[0, 0, 0])).reference_bank(2)
+    blocks = {name: m for name, m in pipe.model.backbone.unet.named_modules() if type(m).__name__ == "BasicTransformerBlock"}
+    assert bank.keys() == blocks.keys()
+    for path, feats in bank.items():
+        width = blocks[path].attn1.to_q.in_features
+        assert feats.shape[0] == 1 and feats.shape[2] == width and feats.shape[1] in (64, 16, 4, 1)
+        assert not torch.allclose(feats, other[path])
 
 
 # ---------------------------------------------------------------- audio
@@ -98,7 +144,7 @@ def test_clip_tokens_are_the_whole_track_tokens(pipe):
     other clips) and past the end (the last frame's tokens repeat). Checked against a projection of all frames at
     once, made here from the kept features; float32 matmuls round differently for other batch sizes (~2e-6)."""
     audio = pipe.encode_audio(_voice(1.3), 16000, 25)  # 33 frames, padded to whole clips
-    assert audio.stored is None and audio.features.shape[0] >= audio.num_frames
+    assert audio.features.shape[1:] == (2, 32) and audio.features.shape[0] >= audio.num_frames  # [F, L, C] kept
     enc, proj = pipe.model.audio_encoder, pipe.model.audio_projection
     with torch.no_grad():
         whole = proj(enc.window(audio.features, pipe.config.audio_encoder.get("window", 2)))
@@ -106,7 +152,7 @@ def test_clip_tokens_are_the_whole_track_tokens(pipe):
     for s, e in [(0, 4), (3, 9), (30, 36), (n - 1, n + 3), (n + 2, n + 5)]:
         expected = whole[torch.arange(s, e).clamp(max=n - 1)]
         torch.testing.assert_close(pipe.audio_tokens(audio, s, e), expected, atol=1e-5, rtol=0)
-    torch.testing.assert_close(pipe.audio_tokens(audio), whole[torch.arange(audio.padded_frames).clamp(max=n - 1)], atol=1e-5,
+    torch.testing.assert_close(pipe.audio_tokens(audio), whole[torch.arange(audio.length).clamp(max=n - 1)], atol=1e-5,
                                rtol=0)
 
 
@@ -134,15 +180,14 @@ def test_motion_frames_carry_into_the_next_clip(pipe):
     without = _render(pipe, audio, ref, motion_frames=0)
     assert not torch.allclose(with_motion[4:], without[4:])  # the second clip differs
     # and the features of the motion frames change the backbone's output for the same noise
-    passes = [(p, w) for p, w in __import__("emo_model.sampling.pipeline", fromlist=["x"]).guidance_passes(1.0, 1.0)]
-    bank = pipe._reference_bank(ref, 2)
+    cache = pipe.conditions(ref, guidance_passes(1.0, 1.0))
     tokens = pipe.audio_tokens(audio, 0, 4)
     x = torch.randn(1, 4, 4, 8, 8)
     outs = []
     with torch.no_grad():
         for m in (ref.latent.expand(2, -1, -1, -1), torch.randn(2, 4, 8, 8)):
-            ctx, ehs = pipe.clip_conditions(ref, tokens, passes, bank, m)
-            outs.append(pipe.model.backbone(x, 500, ehs, ctx))
+            motion = MotionFrames(pipe.model, cache, pipe.vae, 2, m).features()
+            outs.append(pipe.model.backbone(x, 500, cache.clip(tokens, 2, motion)))
     assert not torch.allclose(outs[0], outs[1])
 
 
@@ -187,10 +232,22 @@ def test_silent_audio_renders(pipe):
     assert frames.shape[0] == 13 and torch.isfinite(frames).all()
 
 
-def test_steps_below_one(pipe):
+def test_settings_are_checked_when_sample_is_called(pipe):
+    """Bad settings raise at the call, before any model work (not at the first next())."""
     audio = pipe.encode_audio(_voice(0.1), 16000, 25)
-    with pytest.raises(EMOInputError, match="steps must be at least 1"):
-        list(pipe.sample(audio, _ref(pipe), steps=0))
+    ref = _ref(pipe)
+    calls = []
+    hook = pipe.model.reference_net.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        with pytest.raises(EMOInputError, match="steps must be at least 1"):
+            pipe.sample(audio, ref, steps=0)
+        with pytest.raises(EMOInputError, match="exceeds the temporal modules' 32 positions"):
+            pipe.sample(audio, ref, frames_per_clip=31, motion_frames=2)
+        with pytest.raises(EMOInputError, match="region weights"):
+            pipe.sample(audio, ref, region_weights=(1.0, 1.0))
+    finally:
+        hook.remove()
+    assert calls == []
 
 
 # ---------------------------------------------------------------- native format

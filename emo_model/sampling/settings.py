@@ -1,0 +1,80 @@
+"""The settings of one sampling run, checked before any model work: `check_inputs` -> a frozen `SampleSettings`."""
+from dataclasses import dataclass
+
+import torch
+
+from ..audio.encoder import EncodedAudio
+from ..errors import EMOInputError
+from .context_windows import context_windows
+from .guidance import Pass, guidance_passes
+from .reference import EncodedReference
+
+
+@dataclass(frozen=True)
+class SampleSettings:
+    """Every setting of a run, the checkpoint's defaults filled in."""
+    steps: int                    # denoising steps per clip (or per window set)
+    seed: int                     # noise seed (the noise is drawn on the CPU: the same on every device)
+    audio_cfg: float              # s_a (see guidance.py)
+    ref_cfg: float                # s_r
+    speed: float | None           # head-motion speed for models with speed layers, else None
+    frames_per_clip: int          # f: clip length, or the window in context-windows mode
+    motion_frames: int            # n: motion frames, or the window overlap in context-windows mode
+    region_weights: tuple         # (full/pose, face, lip) audio weights (Hallo)
+    passes: tuple[tuple[Pass, float], ...]  # guidance passes and weights
+
+
+def check_inputs(model, audio: EncodedAudio, ref: EncodedReference, steps=None, seed=0, audio_cfg=None,
+                 ref_cfg=None, speed=None, frames_per_clip=None, motion_frames=None,
+                 region_weights=(1.0, 1.0, 1.0)) -> SampleSettings:
+    """The run's settings (None: the checkpoint's default).
+    Raises: EMOInputError naming the setting or input to change."""
+    cfg = model.config
+    steps = cfg.steps if steps is None else int(steps)
+    if steps < 1:
+        raise EMOInputError(f"steps must be at least 1 (got {steps}); the checkpoint's default is {cfg.steps}")
+    audio_cfg = cfg.audio_cfg if audio_cfg is None else float(audio_cfg)
+    ref_cfg = cfg.ref_cfg if ref_cfg is None else float(ref_cfg)
+    f = frames_per_clip or cfg.frames_per_clip
+    n = cfg.motion_frames if motion_frames is None else int(motion_frames)
+    if f < 1 or n < 0:
+        raise EMOInputError(f"frames per clip must be >= 1 and motion frames >= 0 (got {f}, {n})")
+    region_weights = tuple(float(w) for w in region_weights)
+    if len(region_weights) != 3:
+        raise EMOInputError(f"region weights are (pose, face, lip): three numbers, got {region_weights}")
+    max_len = cfg.temporal["max_len"]
+    if cfg.temporal_mode == "motion_frames" and f + n > max_len:
+        raise EMOInputError(f"frames per clip + motion frames = {f + n} exceeds the temporal modules' {max_len} "
+                            "positions: lower one of them")
+    check_audio(model, audio)
+    if cfg.temporal_mode == "context_windows":
+        L = audio.num_frames
+        context_windows(L, f, n, 0, cfg.window_shift)  # checks the window and the overlap
+        if ref.locator_mask.dtype == torch.uint8 and ref.locator_mask.shape[2] < L:
+            raise EMOInputError(f"there are {ref.locator_mask.shape[2]} pose frames for {L} video frames of audio: "
+                                "give at least as many pose frames as video frames (extra ones are ignored), or "
+                                "shorten the audio")
+        if min(f, L) > max_len:
+            raise EMOInputError(f"windows of {min(f, L)} frames exceed the temporal modules' {max_len} "
+                                "positions: lower frames per clip")
+    speed = None if model.speed_encoder is None else (cfg.speed_value if speed is None else float(speed))
+    return SampleSettings(steps, int(seed), audio_cfg, ref_cfg, speed, f, n, region_weights,
+                          tuple(guidance_passes(audio_cfg, ref_cfg)))
+
+
+def check_audio(model, audio: EncodedAudio) -> None:
+    """An encoded track made with another kind of model gets a clear error, not a shape error in the UNet: with an
+    audio projection the features must be [F, layers, channels] as it expects, without one the tokens must have the
+    width of the layers that read them."""
+    cfg = model.config
+    proj = cfg.audio_projection
+    shape = tuple(audio.features.shape[1:])
+    if proj is not None:
+        ok = shape == (proj["blocks"], proj["channels"])
+    else:
+        width = (cfg.audio_attention or {}).get("audio_dim") or cfg.unet.get("cross_attention_dim")
+        ok = len(shape) == 2 and shape[-1] == width
+    if not ok:
+        raise EMOInputError("the encoded audio was made with a different kind of model (its audio features do not "
+                            "fit this one): encode the audio again with the model you sample with (connect EMO "
+                            "Audio Encode to the same Load EMO Models)")
