@@ -32,7 +32,7 @@ class EMOPipeline:
         `encode_audio`; ReferenceNet once the reference's features are made, when no motion frames need it), to
         lower peak VRAM. For callers that manage devices themselves (ComfyUI does) leave it off.
         The pipeline keeps no tensors between calls: one model may serve several pipelines, also in parallel
-        threads."""
+        threads (with offload_idle off: offloading moves modules the other runs may be using)."""
         self.model = model
         self.config = model.config
         self.offload_idle = offload_idle
