@@ -35,9 +35,10 @@ class BackboneConditions:
     B = the batch of the call (guidance passes, or training samples), f = frames of the clip. Every field is
     optional: an empty `BackboneConditions()` runs the plain video UNet."""
     tokens: torch.Tensor | None = None             # [(B f), T, D] cross-attention (attn2) tokens: identity or audio
-    ref_rows: list = field(default_factory=list)   # [B] bool: row sees the reference (False ones first)
+    ref_rows: list = field(default_factory=list)   # [B] bool: row sees the reference (False ones first; empty: all)
     ref_bank: dict | None = None                   # path -> [R, L, C] ReferenceNet features (R distinct rows)
-    ref_index: torch.Tensor | None = None          # [(B_ref f)] bank row per reference-seeing row (None: R = 1)
+    ref_index: torch.Tensor | None = None          # [(B_ref f)] bank row per reference-seeing row (None: R = 1;
+                                                   # one reference per clip: arange(B).repeat_interleave(f))
     ref_kv: dict | None = None                     # path -> (k, v) [R, L, C] of the bank, projected (optional)
     motion: dict | None = None                     # path -> [B, n, L, C] motion-frame features
     audio: torch.Tensor | None = None              # [(B f), T, D] tokens for the audio-attention layers

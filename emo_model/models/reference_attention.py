@@ -41,8 +41,8 @@ class ReferenceWriter(EMOAttnProcessor):
 class ReferenceReader(EMOAttnProcessor):
     """The backbone's attn1. Reads from the call's `conditions` (`BackboneConditions`): `ref_bank[path]` [R, L, C],
     `ref_kv[path]` (its projected keys/values, optional), `ref_index` (None when R = 1, else a LongTensor
-    [(B_ref f)]: the bank row of each backbone row that sees the reference), `ref_rows` ([B] bool per guidance pass:
-    False passes first, then True ones) and `frames`."""
+    [(B_ref f)]: the bank row of each backbone row that sees the reference), `ref_rows` ([B] bool per batch row:
+    False rows first, then True ones; empty: every row sees the reference) and `frames`."""
 
     def __init__(self, path: str):
         super().__init__()
@@ -53,7 +53,7 @@ class ReferenceReader(EMOAttnProcessor):
         c = conditions
         bank = c.ref_bank.get(self.path) if c is not None and c.ref_bank else None
         n_plain = c.ref_rows.count(False) if bank is not None else 0
-        if bank is None or n_plain == len(c.ref_rows):
+        if bank is None or (c.ref_rows and n_plain == len(c.ref_rows)):
             return super().__call__(attn, hidden_states, None, attention_mask, temb)
         split = n_plain * c.frames  # hidden_states: [(B f), L, C], passes without the reference first
         x = hidden_states[split:]

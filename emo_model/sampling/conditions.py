@@ -72,8 +72,10 @@ class ConditionCache:
             return bank
         return self._once(("bank", n_motion), make)
 
-    def _ref_kv(self, bank: dict) -> dict:
-        return self._once(("kv", id(bank)), lambda: self.model.backbone.reference_kv(bank))
+    def reference_kv(self, n_motion: int) -> dict:
+        """The reference features' keys and values under the backbone's self-attention projections, once per run:
+        {path: (k, v)} (`Backbone.reference_kv`)."""
+        return self._once(("kv", n_motion), lambda: self.model.backbone.reference_kv(self.reference_bank(n_motion)))
 
     def ref_index(self, f: int) -> torch.Tensor | None:
         """Which reference row each backbone row that sees the reference attends to: None (one row for all), or
@@ -142,9 +144,8 @@ class ConditionCache:
             cross = torch.cat([self.identity_tokens(p.cond_identity).expand(f, -1, -1) for p, _ in self.passes])
         elif cfg.cross_attention == "audio":
             cross = audio_rows
-        bank = self.reference_bank(n_motion)
         return BackboneConditions(
-            tokens=cross, ref_rows=[p.ref for p, _ in self.passes], ref_bank=bank, ref_index=self.ref_index(f),
-            ref_kv=self._ref_kv(bank), motion=motion, audio=audio_rows if cfg.audio_attention else None,
+            tokens=cross, ref_rows=[p.ref for p, _ in self.passes], ref_bank=self.reference_bank(n_motion),
+            ref_index=self.ref_index(f), ref_kv=self.reference_kv(n_motion), motion=motion, audio=audio_rows if cfg.audio_attention else None,
             masks=self.masks(), region_weights=tuple(region_weights), face=self.face_rows(f, frames),
             speed=self.speed(f), frames=f)

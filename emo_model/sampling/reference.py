@@ -24,12 +24,11 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class EncodedReference:
-    """The reference crop and what is derived from it, on the CPU (no model state: any model of the same kind can
-    sample it). image: (1 3 H W) in -1..1; latent: (1 4 h w) VAE-scaled; locator_mask: the face locator's input,
+    """What the sampler needs of the reference crop, on the CPU (no model state: any model of the same kind can
+    sample it). latent: (1 4 h w) VAE-scaled; locator_mask: the face locator's input,
     (1 c 1 H W) float 0..1 (the face region) or (1 c L H W) uint8 0..255 (one pose drawing per video frame);
     masks: Hallo's region masks (full, face, lip) x 4 levels [1, hw], or None; identity_embedding: [1, 512] face
     embedding for Hallo's identity tokens, or None (the zero embedding)."""
-    image: torch.Tensor | None
     latent: torch.Tensor
     locator_mask: torch.Tensor
     masks: list | None = None
@@ -96,7 +95,7 @@ def encode_reference(model, image, face_mask, identity_embedding=None, locator_f
     locator = _locator_input(mask, model.face_locator.in_channels, locator_frames, res)
     masks = _region_masks(cfg, mask, scale, mouth)
     emb = None if identity_embedding is None else torch.as_tensor(identity_embedding, dtype=torch.float32).reshape(1, -1)
-    return EncodedReference(img, latent.cpu(), locator, masks, emb)
+    return EncodedReference(latent.cpu(), locator, masks, emb)
 
 
 def _tensor(x) -> torch.Tensor:

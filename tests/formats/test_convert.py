@@ -42,7 +42,7 @@ def _outputs(name, folder, model) -> dict:
     with torch.no_grad():
         if name == "hallo":
             masks = [[d[f"{r}_mask.{i}"] for i in range(4)] for r in ("full", "face", "lip")]
-            ref = EncodedReference(image=None, latent=d["ref_latent"], locator_mask=d["face_region"][None, :, None],
+            ref = EncodedReference(latent=d["ref_latent"], locator_mask=d["face_region"][None, :, None],
                                    masks=masks, identity_embedding=d["face_emb"])
             n = meta["n_motion_frames"]
             cache = pipe.conditions(ref, passes)
@@ -50,7 +50,7 @@ def _outputs(name, folder, model) -> dict:
             conditions = cache.clip(d["audio_tokens"][0], n, motion, tuple(meta["motion_scale"]))
             fps = 25  # Hallo's script encodes audio at its fixed 25 fps
         else:
-            ref = EncodedReference(image=None, latent=d["ref_latent"], locator_mask=d["face_mask"])
+            ref = EncodedReference(latent=d["ref_latent"], locator_mask=d["face_mask"])
             tokens = d["audio_tokens"][0]
             conditions = pipe.conditions(ref, passes).clip(tokens)
             fps = meta["fps"]

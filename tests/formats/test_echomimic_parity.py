@@ -57,7 +57,7 @@ def _close(ours, ref, name, atol=ATOL, rtol=RTOL):
 
 def _reference(latent, face_mask):
     """latent: [1, 4, h, w] (scaled); face_mask: [1, 1, 1, H, W] in {0, 1} (what encode_reference builds)."""
-    return EncodedReference(image=None, latent=latent, locator_mask=face_mask)
+    return EncodedReference(latent=latent, locator_mask=face_mask)
 
 
 def _forward(model, data, audio_cfg, ref_cfg):

@@ -32,7 +32,7 @@ def meta(hallo):
 
 def _reference(d, latent):
     masks = [[d[f"{r}_mask.{i}"] for i in range(4)] for r in ("full", "face", "lip")]
-    return EncodedReference(image=None, latent=latent, locator_mask=d["face_region"][None, :, None],
+    return EncodedReference(latent=latent, locator_mask=d["face_region"][None, :, None],
                             masks=masks, identity_embedding=d["face_emb"])
 
 

@@ -71,18 +71,22 @@ def test_conditions_travel_with_the_call(deep_model):
 
 
 def test_training_call(deep_model):
-    """The call a training step makes: a batch of clips with one timestep each ([b]) equals each clip alone, and the
-    loss reaches ReferenceNet, the temporal modules and the audio layers through the reference features."""
-    x, tokens, ref = _inputs(deep_model, b=2)
-    audio = torch.randn(6, 2, 32, generator=torch.Generator().manual_seed(4))
+    """The call a training step makes: a batch of clips, each with its own timestep ([b]) and its own reference
+    (bank rows picked by `ref_index`), equals each clip alone; the loss reaches ReferenceNet, the temporal modules
+    and the audio layers."""
+    x, tokens, _ = _inputs(deep_model, b=2)
+    g = torch.Generator().manual_seed(4)
+    s = deep_model.config.latent_size
+    refs, audio = torch.randn(2, 4, s, s, generator=g), torch.randn(6, 2, 32, generator=g)
     t = torch.tensor([10, 900])
-    bank = deep_model.reference_net(ref, tokens[:1])
-    c = BackboneConditions(tokens=tokens, ref_rows=[True, True], ref_bank=bank, audio=audio)
-    out = deep_model.backbone(x, t, c)
+    bank = deep_model.reference_net(refs, tokens[[0, 3]])  # {path: [2, L, C]}
+    c = BackboneConditions(tokens=tokens, ref_bank=bank, ref_index=torch.arange(2).repeat_interleave(3), audio=audio)
+    out = deep_model.backbone(x, t, c)  # ref_rows empty: every row sees its reference
     with torch.no_grad():
         for i in range(2):
             rows = slice(3 * i, 3 * i + 3)
-            one = BackboneConditions(tokens=tokens[rows], ref_rows=[True], ref_bank=bank, audio=audio[rows])
+            one = BackboneConditions(tokens=tokens[rows], ref_bank={k: v[i:i + 1] for k, v in bank.items()},
+                                     audio=audio[rows])
             torch.testing.assert_close(deep_model.backbone(x[i:i + 1], int(t[i]), one), out[i:i + 1].detach(),
                                        atol=1e-5, rtol=1e-5)
     out.square().mean().backward()
