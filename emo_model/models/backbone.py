@@ -106,23 +106,22 @@ class Backbone(nn.Module):
             h = h + c.face.to(h.dtype)
         resize = any(s % 2 ** unet.num_upsamplers for s in x.shape[-2:])  # odd sizes: upsample to the skip's size
         skips = [h]
-        for name, block, level in _blocks(unet):
-            if name == "mid_block":
-                h = block.resnets[0](h, emb)
-                for j, resnet in enumerate(block.resnets[1:]):
-                    h = resnet(self._layer(name, block, j, level, h, c), emb)
-                continue
-            up = name.startswith("up_")
+        for i, block in enumerate(unet.down_blocks):
             for j, resnet in enumerate(block.resnets):
-                h = resnet(torch.cat([h, skips.pop()], 1) if up else h, emb)
-                h = self._layer(name, block, j, level, h, c)
-                if not up:
-                    skips.append(h)
-            for sampler in (block.downsamplers or []) if not up else []:
-                h = sampler(h)
+                h = self._layer(f"down_blocks.{i}", block, j, i, resnet(h, emb), c)
                 skips.append(h)
-            for sampler in (block.upsamplers or []) if up else []:
-                h = sampler(h, skips[-1].shape[2:] if resize and skips else None)
+            for downsampler in block.downsamplers or []:
+                h = downsampler(h)
+                skips.append(h)
+        mid = unet.mid_block
+        h = mid.resnets[0](h, emb)
+        for j, resnet in enumerate(mid.resnets[1:]):
+            h = resnet(self._layer("mid_block", mid, j, 3, h, c), emb)
+        for i, block in enumerate(unet.up_blocks):
+            for j, resnet in enumerate(block.resnets):
+                h = self._layer(f"up_blocks.{i}", block, j, 3 - i, resnet(torch.cat([h, skips.pop()], 1), emb), c)
+            for upsampler in block.upsamplers or []:
+                h = upsampler(h, skips[-1].shape[2:] if resize else None)
         if unet.conv_norm_out is not None:
             h = unet.conv_act(unet.conv_norm_out(h))
         return rearrange(unet.conv_out(h), "(b f) c h w -> b c f h w", f=f)

@@ -12,7 +12,13 @@ from .speed_layers import SpeedEncoder
 
 class EMOModel(nn.Module):
     """reference_net, backbone, face_locator, and where the checkpoint has them: audio_projection,
-    identity_projection, speed_encoder; vae (diffusers AutoencoderKL) and audio_encoder are attached by the loader."""
+    identity_projection, speed_encoder; vae (diffusers AutoencoderKL) and audio_encoder are attached by the loader.
+
+    One denoising call, as a training step makes it (the sampler builds the same in `sampling/conditions.py`):
+        bank = model.reference_net(ref_latents, identity_tokens)          # {path: (R, h w, C)}
+        out = model.backbone(noisy_latents, timesteps, BackboneConditions(
+            tokens=..., ref_bank=bank, ref_index=..., audio=..., face=..., motion=..., speed=...))
+    noisy_latents (b c f h w), timesteps [b] or a number; see `models.backbone.BackboneConditions`."""
 
     def __init__(self, config: EMOConfig, audio_widths: dict | None = None):
         super().__init__()

@@ -56,18 +56,24 @@ def prepare_reference(model, picture: np.ndarray, *, face_mask=None, detector: s
     info = find_crop(picture, mask=face_mask, detector=detector, model_path=detector_file, face_index=face_index,
                      margin=margin, resolution=model.config.resolution, whole_image=whole_image)
     face = crop(picture, info)
-    emb = None
-    if model.identity_projection is not None and identity != "zero":
-        if identity == "auto":
-            emb = identity_embedding(face, identity_model_folders(model.sources.get("checkpoint"), identity_roots))
-            if emb is None:
-                logger.info("no glintr100.onnx found beside the checkpoint: Hallo's identity tokens use the zero "
-                            "embedding, as Hallo's own script does without a face embedding")
-        else:
-            emb = face_embedding(face, Path(identity))
+    emb = reference_identity(model, face, identity, identity_roots)
     ref = encode_reference(model, torch.from_numpy(face).float() / 255, face_region_mask(info), emb, pose_frames,
                            info.mouth)
     return PreparedReference(ref, info, face)
+
+
+def reference_identity(model, face: np.ndarray, identity="auto", identity_roots=()) -> np.ndarray | None:
+    """Hallo's identity embedding [512] of the crop `face` (uint8 [res, res, 3]), or None (the zero embedding):
+    see `prepare_reference`'s `identity`. None for models without identity tokens."""
+    if model.identity_projection is None or identity == "zero":
+        return None
+    if identity != "auto":
+        return face_embedding(face, Path(identity))
+    emb = identity_embedding(face, identity_model_folders(model.sources.get("checkpoint"), identity_roots))
+    if emb is None:
+        logger.info("no glintr100.onnx found beside the checkpoint: Hallo's identity tokens use the zero "
+                    "embedding, as Hallo's own script does without a face embedding")
+    return emb
 
 
 @torch.no_grad()

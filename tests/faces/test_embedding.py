@@ -226,12 +226,12 @@ def test_face_embedding_detect_align_embed(arcface, tmp_path):
 
 
 def test_hallo_layout_is_found(arcface, tmp_path, fixtures):
-    """render's identity="auto" on Hallo's own layout (pretrained_models/hallo/net.pth beside
+    """prepare_reference's identity="auto" (the CLI's and the node's) on Hallo's own layout (pretrained_models/hallo/net.pth beside
     pretrained_models/face_analysis/models/{glintr100,scrfd_10g_bnkps}.onnx) gives the embedding of the largest face;
     "zero", a non-Hallo model and a layout without the files give None (Hallo's no-face fallback)."""
     from emo_model import load_model
     from emo_model.faces.embedding import identity_embedding, identity_model_folders
-    from emo_model.render import _identity
+    from emo_model.sampling.reference import reference_identity as _identity
     img = np.ascontiguousarray(data.astronaut()[:400])
     s = 1.25
     faces = [(16, 14, 8, np.array([170, 60, 275, 180]) * s, KPS * s, 0.9)]
