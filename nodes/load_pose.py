@@ -44,4 +44,4 @@ class EMOLoadPose(io.ComfyNode):
         frames = load_pose_frames(full, DRAW_SIZE)
         if max_frames:
             frames = frames[:max_frames]
-        return io.NodeOutput(frames)
+        return io.NodeOutput(frames.float().div_(255))  # IMAGE is float 0..1; made only here, after the cut

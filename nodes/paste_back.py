@@ -3,8 +3,8 @@ import numpy as np
 import torch
 
 from ..emo_model.faces import crop as face_crop
-from ..emo_model.faces import detect as face_detect
 from ..emo_model.errors import EMOInputError
+from ..emo_model.media.image import to_rgb_uint8
 from .comfy_bridge import CATEGORY, EmoCropInfo, io, model_management
 
 CHUNK = 32  # frames pasted at a time (bounds the float working memory)
@@ -62,7 +62,7 @@ class EMOPasteBack(io.ComfyNode):
                 out.append(face_crop.paste_back(original, clip, info, feather=feather, color_match=match))
                 continue
             for i, frame in enumerate(clip, start):
-                base = face_detect.as_rgb_uint8(background[min(i, background.shape[0] - 1), ..., :3])
+                base = to_rgb_uint8(background[min(i, background.shape[0] - 1)], "the background", min_side=1)
                 out.append(face_crop.paste_back(base, frame[None], info, feather=feather, color_match=match))
         result = torch.from_numpy(np.concatenate(out)).float() / 255.0
         return io.NodeOutput(result.to(model_management.intermediate_device()))

@@ -100,7 +100,7 @@ class EMOReferenceEncode(io.ComfyNode):
         res = emo_model.model.config.resolution
         frames = None
         if pose_frames is not None:
-            frames = pose_frames_from_images(pose_frames.float().cpu().numpy(), res, name="pose_frames")
+            frames = pose_frames_from_images(pose_frames.cpu(), res, name="pose_frames")
         emo_model.to_compute_device()
         prepared = prepare_reference(
             emo_model.model, picture, face_mask=mask, detector=AUTO if detector == WHOLE_IMAGE else detector,

@@ -26,20 +26,10 @@ from einops import rearrange
 from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
 
 from ..errors import EMOCheckpointError, EMOInputError
-from ..media.audio import fps_fraction
+from ..media.audio import count_frames, fps_fraction
 
 SAMPLE_RATE = 16000  # Hz, the only rate wav2vec2 was trained on
 _WN = "encoder.pos_conv_embed.conv."  # the weight-normed positional conv
-
-
-def _as_fraction(fps) -> Fraction:
-    """fps as an exact fraction; a float is read as its shortest decimal (29.97 -> 2997/100)."""
-    if isinstance(fps, bool) or not isinstance(fps, (int, float, Fraction, np.integer, np.floating)):
-        raise EMOInputError(f"fps must be a number, got {fps!r}")
-    value = Fraction(str(float(fps))) if isinstance(fps, (float, np.floating)) else Fraction(fps)
-    if not 0 < value <= 1000:
-        raise EMOInputError(f"fps must be a positive frame rate (e.g. 25 or 29.97), got {fps!r}")
-    return value
 
 
 class Wav2VecAudioEncoder(nn.Module):
@@ -129,16 +119,14 @@ class Wav2VecAudioEncoder(nn.Module):
 
     @staticmethod
     def frame_count(num_samples: int, fps, pad_multiple: int = 1) -> int:
-        """Video frames for `num_samples` at 16 kHz: ceil(num_samples / 16000 * fps), rounded up to a multiple of
-        `pad_multiple`. With pad_multiple=1 this is the true frame count callers trim the video to.
-
-        Exact rational arithmetic (Hallo's float expression overshoots by one frame for a few exact multiples
-        of 640 samples, e.g. 4480 samples at 25 fps gives 8 there instead of 7).
+        """Video frames for `num_samples` at 16 kHz (`media.audio.count_frames`: ceil(num_samples / 16000 * fps),
+        exact, 29.97 read as 30000/1001), rounded up to a multiple of `pad_multiple`. With pad_multiple=1 this is the
+        true frame count callers trim the video to. (Hallo's float expression overshoots by one frame for a few
+        exact multiples of 640 samples, e.g. 4480 samples at 25 fps gives 8 there instead of 7.)
         """
-        fps = _as_fraction(fps)
         if int(pad_multiple) != pad_multiple or pad_multiple < 1:
             raise EMOInputError(f"pad_multiple must be a positive integer, got {pad_multiple!r}")
-        frames = math.ceil(Fraction(int(num_samples), SAMPLE_RATE) * fps)
+        frames = count_frames(num_samples, SAMPLE_RATE, fps)
         return frames + (-frames) % int(pad_multiple)
 
     # ------------------------------------------------------------------ the steps
@@ -161,7 +149,10 @@ class Wav2VecAudioEncoder(nn.Module):
                              align_corners=True).transpose(1, 2)
 
     def transformer(self, features: torch.Tensor) -> torch.Tensor:
-        """Feature projection + transformer encoder: [b, F, conv_dim] -> outputs of all layers [b, F, L, C]."""
+        """Feature projection + transformer encoder: [b, F, conv_dim] -> outputs of all layers [b, F, L, C].
+
+        Hooks on the layers, as transformers itself records `hidden_states` since 5.x: there the encoder alone no
+        longer returns them (only `Wav2Vec2Model.forward` does, which cannot take the interpolated features)."""
         hidden, _ = self.model.feature_projection(features)
         states = []
         hooks = [layer.register_forward_hook(
@@ -182,14 +173,6 @@ class Wav2VecAudioEncoder(nn.Module):
 
     # ------------------------------------------------------------------ the whole track
 
-    def prepare(self, waveform_16k: torch.Tensor, fps, pad_multiple: int = 1) -> tuple[torch.Tensor, int]:
-        """Hallo's model input for a whole track: (input values [padded samples] float32, padded frame count F)."""
-        wave = self._check_waveform(waveform_16k)
-        n, frames = wave.shape[0], self.frame_count(wave.shape[0], fps, pad_multiple)
-        values = torch.zeros(self._padded_samples(n, fps, frames))
-        values[:n] = torch.from_numpy(self.normalize(wave))
-        return values, frames
-
     @torch.no_grad()
     def encode(self, waveform_16k: torch.Tensor, fps, pad_multiple: int = 1,
                chunk_seconds: float = 30.0, context_seconds: float = 5.0) -> torch.Tensor:
@@ -209,7 +192,7 @@ class Wav2VecAudioEncoder(nn.Module):
         padding are those of the whole track.
         """
         wave = self._check_waveform(waveform_16k)
-        fps_q = _as_fraction(fps)
+        fps_q = fps_fraction(fps)
         if not chunk_seconds > 0 or not context_seconds >= 0:
             raise EMOInputError(f"chunk_seconds must be > 0 and context_seconds >= 0, "
                                 f"got {chunk_seconds} and {context_seconds}")
@@ -297,8 +280,8 @@ class Wav2VecAudioEncoder(nn.Module):
     @staticmethod
     def _padded_samples(num_samples: int, fps, frames: int) -> int:
         """Samples after Hallo's padding: (F - true frames) * floor(16000 / fps) zeros appended."""
-        fps = _as_fraction(fps)
-        pad_frames = frames - math.ceil(Fraction(num_samples, SAMPLE_RATE) * fps)
+        fps = fps_fraction(fps)
+        pad_frames = frames - count_frames(num_samples, SAMPLE_RATE, fps)
         return num_samples + pad_frames * math.floor(SAMPLE_RATE / fps)
 
     def _encode_window(self, wave: np.ndarray, start: int, end: int, frames: int) -> torch.Tensor:

@@ -28,7 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import EMOInputError
-from .detect import BUILTIN, DEFAULT_THRESHOLD, FaceBox, as_rgb_uint8, detect_faces, resolve_detector
+from ..media.image import to_rgb_uint8, to_uint8_frames
+from .detect import BUILTIN, DEFAULT_THRESHOLD, FaceBox, detect_faces, resolve_detector
 
 DEFAULT_MARGIN = 0.5    # crop side = face size * (1 + 2 * margin): the face is half the crop's width
 DEFAULT_FEATHER = 0.1   # blend ramp, as a fraction of the crop side
@@ -176,7 +177,7 @@ def find_crop(image, mask=None, detector: str = "auto", model_path=None, thresho
     image: uint8 [H, W, 3] RGB (float 0..1 / torch accepted). Raises ``NoFaceError`` naming the
     detector and threshold used when nothing is found.
     """
-    rgb = as_rgb_uint8(image)
+    rgb = to_rgb_uint8(image, "the picture", min_side=1)
     boxes = None
     if mask is None and not whole_image:
         boxes = detect_faces(rgb, detector, model_path, threshold)
@@ -190,7 +191,7 @@ def find_crop(image, mask=None, detector: str = "auto", model_path=None, thresho
 def crop(image, info: CropInfo) -> np.ndarray:
     """The model's reference: uint8 [res, res, 3] RGB cut from ``image`` (uint8 [H, W, 3]) as ``info`` says."""
     import cv2
-    rgb = as_rgb_uint8(image)
+    rgb = to_rgb_uint8(image, "the picture", min_side=1)
     if rgb.shape[:2] != tuple(info.source_hw):
         raise EMOInputError(f"image is {rgb.shape[1]}x{rgb.shape[0]} but the crop was planned for "
                             f"{info.source_hw[1]}x{info.source_hw[0]}: plan the crop on this image")
@@ -289,20 +290,6 @@ class ColorMatch:
         return frames * np.asarray(self.scale, np.float32) + np.asarray(self.shift, np.float32)
 
 
-def _frames_uint8(frames) -> np.ndarray:
-    """[f, h, w, 3] or [h, w, 3], uint8 or float 0..1, numpy or torch -> uint8 [f, h, w, 3]."""
-    if hasattr(frames, "detach"):
-        frames = frames.detach().cpu().float().numpy()
-    a = np.asarray(frames)
-    if a.ndim == 3:
-        a = a[None]
-    if a.ndim != 4 or a.shape[-1] != 3:
-        raise EMOInputError(f"generated frames must be [frames, height, width, 3], got shape {tuple(a.shape)}")
-    if a.dtype != np.uint8:
-        a = np.clip(np.rint(a.astype(np.float32) * 255), 0, 255).astype(np.uint8)
-    return a
-
-
 def fit_color_match(original, generated_frame, info: CropInfo, max_gain: float = 2.0) -> ColorMatch:
     """Colour transfer that maps a generated frame's per-channel mean/std onto the original crop's.
 
@@ -310,7 +297,7 @@ def fit_color_match(original, generated_frame, info: CropInfo, max_gain: float =
     Only crop pixels that lie inside the picture count. ``generated_frame``: [res, res, 3] uint8 or float.
     """
     ref = crop(original, info).astype(np.float32)
-    gen = _frames_uint8(generated_frame)[0].astype(np.float32)
+    gen = to_uint8_frames(generated_frame, "the generated frames")[0].astype(np.float32)
     res = info.resolution
     if gen.shape[:2] != (res, res):
         raise EMOInputError(f"generated frames are {gen.shape[1]}x{gen.shape[0]} but the crop is {res}x{res}")
@@ -337,12 +324,12 @@ def paste_back(original, frames, info: CropInfo, feather: float = DEFAULT_FEATHE
     equal ``original`` exactly.
     """
     import cv2
-    rgb = as_rgb_uint8(original)
+    rgb = to_rgb_uint8(original, "the original picture", min_side=1)
     h, w = info.source_hw
     if rgb.shape[:2] != (h, w):
         raise EMOInputError(f"original is {rgb.shape[1]}x{rgb.shape[0]} but the crop was planned for {w}x{h}: "
                             "paste back into the picture the crop was cut from")
-    gen = _frames_uint8(frames)
+    gen = to_uint8_frames(frames, "the generated frames")
     res = info.resolution
     if gen.shape[1:3] != (res, res):
         raise EMOInputError(f"generated frames are {gen.shape[2]}x{gen.shape[1]} but the crop is {res}x{res}: "

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import EMOCheckpointError, EMOInputError
+from ..media.image import to_rgb_uint8
 
 BUILTIN = "lbp (built-in)"
 # kind -> file name the README tells users to get (first) and other names we recognise.
@@ -81,23 +82,6 @@ class FaceBox:
     def scaled(self, s: float) -> "FaceBox":
         kps = None if self.keypoints is None else (self.keypoints * s).astype(np.float32)
         return replace(self, x0=self.x0 * s, y0=self.y0 * s, x1=self.x1 * s, y1=self.y1 * s, keypoints=kps)
-
-
-def as_rgb_uint8(image) -> np.ndarray:
-    """Any of uint8 / float 0..1, [H, W] / [H, W, 1|3|4] (numpy or torch) -> uint8 [H, W, 3] RGB."""
-    if hasattr(image, "detach"):
-        image = image.detach().cpu().numpy()
-    image = np.asarray(image)
-    if image.ndim == 2:
-        image = image[..., None]
-    if image.ndim != 3 or image.shape[2] not in (1, 3, 4) or min(image.shape[:2]) < 1:
-        raise EMOInputError(f"expected an image [H, W, 3] (RGB), got an array of shape {tuple(image.shape)}; "
-                            "pass one picture, not a batch")
-    if image.dtype != np.uint8:
-        image = np.clip(np.rint(image.astype(np.float32) * 255), 0, 255).astype(np.uint8)
-    if image.shape[2] == 1:
-        image = np.repeat(image, 3, axis=2)
-    return np.ascontiguousarray(image[..., :3])
 
 
 # ----------------------------------------------------------------------------- choosing a detector
@@ -185,7 +169,7 @@ def detect_faces(image, detector: str = "auto", model_path=None, threshold: floa
     An empty list means no face: ``face_crop.plan_crop`` turns that into a ``NoFaceError``.
     """
     kind, path = resolve_detector(detector, model_path)
-    rgb = as_rgb_uint8(image)
+    rgb = to_rgb_uint8(image, "the picture for face detection", min_side=1)
     thr = DEFAULT_THRESHOLD[kind] if threshold is None else float(threshold)
     if kind == "lbp":
         boxes = _detect_lbp(rgb, thr)
@@ -419,4 +403,4 @@ def _detect_scrfd(rgb: np.ndarray, path: Path, threshold: float, size: int = 640
 
 
 __all__ = ["FaceBox", "BUILTIN", "DETECTOR_FILES", "DEFAULT_THRESHOLD", "available_detectors",
-           "resolve_detector", "detect_faces", "as_rgb_uint8", "scrfd_decode"]
+           "resolve_detector", "detect_faces", "scrfd_decode"]

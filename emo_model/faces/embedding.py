@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import EMOCheckpointError, EMOInputError
-from .detect import DETECTOR_FILES, as_rgb_uint8, detect_faces, resolve_detector
+from ..media.image import to_rgb_uint8
+from .detect import DETECTOR_FILES, detect_faces, resolve_detector
 
 # Hallo's model first: its imageproj was trained on glintr100 embeddings; w600k_r50 (buffalo_l) is another space.
 EMBEDDING_FILES = ("glintr100.onnx", "w600k_r50.onnx")
@@ -83,7 +84,8 @@ def align_face(rgb, keypoints) -> np.ndarray:
     """insightface ``norm_crop(img, kps, 112)``: uint8 [112, 112, 3] crop of ``rgb`` [H, W, 3] (same colour
     order as the input), eyes, nose and mouth on ``ARCFACE_DST``; outside the picture is black."""
     import cv2
-    return cv2.warpAffine(as_rgb_uint8(rgb), alignment_matrix(keypoints), (INPUT_SIZE, INPUT_SIZE), borderValue=0.0)
+    return cv2.warpAffine(to_rgb_uint8(rgb, "the face picture", min_side=1), alignment_matrix(keypoints),
+                          (INPUT_SIZE, INPUT_SIZE), borderValue=0.0)
 
 
 # ----------------------------------------------------------------------------- ONNX graph node names

@@ -165,16 +165,38 @@ def _square(image: np.ndarray, resolution: int, name: str) -> np.ndarray:
 def pose_frames_from_images(frames, resolution: int, num_frames: int | None = None,
                             name: str = "the pose frames") -> torch.Tensor:
     """Already-drawn pose frames, a batch [L, H, W, 3] (uint8 or float 0..1; e.g. a ComfyUI IMAGE) or a list of
-    [H, W, 3] pictures -> float32 [min(L, num_frames), resolution, resolution, 3] in 0..1. Checks that they are square,
+    [H, W, 3] pictures -> uint8 [min(L, num_frames), resolution, resolution, 3] (0..255). Checks that they are square,
     mostly black drawings (not a regular video) and enough for `num_frames` video frames."""
     if isinstance(frames, (torch.Tensor, np.ndarray)) and np.ndim(frames) == 4:
         frames = list(frames)
     if not isinstance(frames, (list, tuple)) or not frames:
         raise EMOInputError(f"{name}: no frames; give {HOW}")
     frames = frames[:num_frames] if num_frames else frames
-    out = np.stack([_square(to_rgb_uint8(f, f"{name} (frame {i})"), resolution, f"{name} (frame {i})")
-                    for i, f in enumerate(frames)])
+    out = _stack_uint8((_square(to_rgb_uint8(f, f"{name} (frame {i})"), resolution, f"{name} (frame {i})")
+                        for i, f in enumerate(frames)), len(frames), resolution)
     return _finish(out, num_frames, name, drawn=True)
+
+
+def pose_frames_uint8(frames, resolution: int, name: str = "the pose frames") -> torch.Tensor:
+    """Pose frames [L, H, W, 3] (square; uint8 0..255 or float 0..1, numpy or torch) -> uint8 tensor
+    [L, resolution, resolution, 3], returned as it is when it already is one (no copy, never float32)."""
+    if (isinstance(frames, torch.Tensor) and frames.dtype == torch.uint8
+            and tuple(frames.shape[1:]) == (resolution, resolution, 3)):
+        return frames
+    if np.ndim(frames) != 4 or np.shape(frames)[-1] != 3 or len(frames) < 1:
+        raise EMOInputError(f"{name} must be [frames, H, W, 3], got shape {tuple(np.shape(frames))}")
+    squares = (_square(to_rgb_uint8(f, name, min_side=1), resolution, name) for f in frames)
+    return torch.from_numpy(_stack_uint8(squares, len(frames), resolution))
+
+
+def _stack_uint8(frames, count: int, resolution: int) -> np.ndarray:
+    """`count` uint8 [resolution, resolution, 3] frames (an iterable, consumed lazily) -> uint8 [count, resolution,
+    resolution, 3], written into one array made up front: a long sequence is held once as uint8 (0.75 MB a frame at
+    512²), never as a list plus its stacked copy, never as float32."""
+    out = np.empty((count, resolution, resolution, 3), np.uint8)
+    for i, f in enumerate(frames):
+        out[i] = f
+    return out
 
 
 def _finish(frames: np.ndarray, num_frames: int | None, name: str, drawn: bool) -> torch.Tensor:
@@ -192,12 +214,12 @@ def _finish(frames: np.ndarray, num_frames: int | None, name: str, drawn: bool) 
                 "a face (extract its landmarks with EchoMimic's motion_sync first)")
         if not frames.any():
             raise EMOInputError(f"{name} are all black: they hold no landmark drawings; give drawn pose frames")
-    return torch.from_numpy(frames).float().div_(255)
+    return torch.from_numpy(np.ascontiguousarray(frames))
 
 
 def load_pose_frames(source, resolution: int, num_frames: int | None = None,
                      landmark_size: float = CANVAS) -> torch.Tensor:
-    """Pose input -> float32 [L, resolution, resolution, 3] in 0..1 (frame, pixel row, pixel column, channel), the
+    """Pose input -> uint8 [L, resolution, resolution, 3] (0..255; frame, pixel row, pixel column, channel), the
     face locator's input for video frames 0 ... L-1 (L = num_frames when given, else every frame of the source).
 
     source: EchoMimic's pose folder (`0.pkl` ... or `0.npy` ..., one frame's landmarks each; drawn by `draw_pose`),
@@ -233,12 +255,14 @@ def load_pose_frames(source, resolution: int, num_frames: int | None = None,
                                 "one kind in the pose folder")
         if images:
             images = sorted(images, key=_natural_key)[:num_frames] if num_frames else sorted(images, key=_natural_key)
-            return pose_frames_from_images([load_image(f) for f in images], resolution, num_frames, name)
+            out = _stack_uint8((_square(load_image(f), resolution, str(f)) for f in images), len(images), resolution)
+            return _finish(out, num_frames, name, drawn=True)
         if not marks:
             raise EMOInputError(f"{path} holds no pose frames (no .pkl/.npy landmark files, no {IMAGE_FORMATS} "
                                 f"pictures): give {HOW}")
         marks = _landmark_files(path, marks)
         landmarks = [read_landmarks(f) for f in (marks[:num_frames] if num_frames else marks)]
-    frames = [draw_pose(lm, landmark_size) for lm in landmarks]
-    frames = np.stack([f if resolution == CANVAS else cv2.resize(f, (resolution, resolution)) for f in frames])
+    drawn = (draw_pose(lm, landmark_size) for lm in landmarks)
+    frames = _stack_uint8((f if resolution == CANVAS else cv2.resize(f, (resolution, resolution)) for f in drawn),
+                          len(landmarks), resolution)
     return _finish(frames, num_frames, name, drawn=False)

@@ -137,6 +137,8 @@ def fps_fraction(fps) -> Fraction:
     """Frame rate as an exact Fraction: 29.97 -> 30000/1001, 23.976 -> 24000/1001, 59.94 -> 60000/1001,
     119.88 -> 120000/1001; whole numbers exact; anything else `Fraction(fps).limit_denominator(1001)`."""
     try:
+        if isinstance(fps, (bool, str, bytes)):
+            raise TypeError
         value = float(fps)
     except (TypeError, ValueError):
         raise EMOInputError(f"fps must be a number (got {fps!r}): use e.g. 25 or 29.97") from None

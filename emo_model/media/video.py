@@ -10,9 +10,9 @@ from fractions import Fraction
 
 import av
 import numpy as np
-import torch
 
 from .audio import _as_channels_samples, fps_fraction
+from .image import to_uint8_frames
 from ..errors import EMOInputError
 
 _H264 = ("libx264", "h264", "libopenh264")
@@ -27,25 +27,6 @@ def _h264_codec() -> str:
         except Exception:  # unknown codec: try the next one
             continue
     raise EMOInputError("this PyAV build has no H.264 encoder (libx264, libopenh264): install the `av` wheel from PyPI")
-
-
-def _as_frames(frames) -> np.ndarray:
-    """`[f, H, W, 3]` (or one `[H, W, 3]`) uint8 array or float 0..1 tensor/array -> uint8 numpy `[f, H, W, 3]`."""
-    if isinstance(frames, torch.Tensor):
-        frames = frames.detach().cpu()
-        if frames.is_floating_point():
-            frames = (frames.float().clamp(0, 1) * 255).round().to(torch.uint8)
-        frames = frames.numpy()
-    frames = np.asarray(frames)
-    if np.issubdtype(frames.dtype, np.floating):
-        frames = np.rint(np.clip(frames, 0, 1) * 255).astype(np.uint8)
-    if frames.ndim == 3:
-        frames = frames[None]
-    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-        raise EMOInputError(
-            f"video frames have shape {list(frames.shape)} and type {frames.dtype}; "
-            "expected [frames, H, W, 3] uint8 or float 0..1 RGB")
-    return frames
 
 
 class VideoWriter:
@@ -143,7 +124,7 @@ class VideoWriter:
         """Encode `[f, H, W, 3]` frames (uint8, or float 0..1) now; nothing is kept in memory."""
         if self.container is None:
             raise EMOInputError(f"VideoWriter for {self.path} is already closed: open a new one")
-        frames = _as_frames(frames)
+        frames = to_uint8_frames(frames, "the video frames")
         h, w = frames.shape[1:3]
         if self.size is None:
             self.size = (w, h)

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from ..errors import EMOInputError
+from ..faces.pose import pose_frames_uint8
 from ..faces.crop import DEFAULT_MARGIN, CropInfo, crop, face_region_mask, find_crop
 from ..faces.embedding import face_embedding, identity_embedding, identity_model_folders
 from ..faces.region_masks import region_masks
@@ -137,16 +138,7 @@ def _locator_input(mask: torch.Tensor, channels: int, locator_frames, res: int) 
     (1 3 L res res) uint8 on the CPU (0.75 MB a frame at 512², made float per window)."""
     if locator_frames is None:
         return mask.expand(1, channels, res, res)[:, :, None]
-    frames = torch.as_tensor(np.asarray(locator_frames) if not torch.is_tensor(locator_frames) else locator_frames)
-    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] < 1:
-        raise EMOInputError(f"pose frames must be [frames, H, W, 3], got shape {tuple(frames.shape)}")
-    frames = rearrange(frames, "l h w c -> l c h w")
-    if frames.dtype == torch.uint8 and frames.shape[-2:] == (res, res):
-        return rearrange(frames, "l c h w -> 1 c l h w")
-    frames = frames.float() / (255 if frames.dtype == torch.uint8 else 1)
-    if frames.shape[-2:] != (res, res):
-        frames = F.interpolate(frames, size=(res, res), mode="bilinear", align_corners=False)
-    return rearrange((frames.clamp(0, 1) * 255).round().to(torch.uint8), "l c h w -> 1 c l h w")
+    return rearrange(pose_frames_uint8(locator_frames, res), "l h w c -> 1 c l h w")
 
 
 def _region_masks(cfg, mask: torch.Tensor, scale: float, mouth) -> list | None:

@@ -64,9 +64,9 @@ def test_hallo_audio_steps(hallo):
     enc, d, meta, fps, clip = hallo["encoder"], hallo["data"], hallo["meta"], hallo["fps"], hallo["clip"]
     assert meta["clip_length_for_audio_padding"] == clip
     assert enc.frame_count(d["waveform"].numel(), fps) == d["audio_length"].item() == meta["audio_length"]
-    values, frames = enc.prepare(d["waveform"], fps=fps, pad_multiple=clip)
-    assert frames == meta["audio_seq_len_padded"] and values.shape == d["input_values"].shape
-    torch.testing.assert_close(values, d["input_values"], **TOL)
+    frames, n = enc.frame_count(d["waveform"].numel(), fps, clip), d["waveform"].numel()
+    assert frames == meta["audio_seq_len_padded"]
+    torch.testing.assert_close(torch.from_numpy(enc.normalize(d["waveform"].numpy())), d["input_values"][:n], **TOL)
 
     cnn = enc.cnn_features(d["input_values"][None])
     torch.testing.assert_close(cnn[0], d["cnn_features"], **TOL)
@@ -120,8 +120,6 @@ def test_single_chunk_is_hallo_bit_for_bit(hallo):
     enc, d, fps, clip = hallo["encoder"], hallo["data"], hallo["fps"], hallo["clip"]
     L = hallo["meta"]["audio_seq_len_padded"]
     reference = enc(d["input_values"][None], L)[0]  # Hallo's procedure on the fixture's exact model input
-    values, frames = enc.prepare(d["waveform"], fps, clip)
-    assert torch.equal(enc(values[None], frames)[0], enc.encode(d["waveform"], fps, clip))
     # one chunk exactly as long as the track takes the same path
     assert torch.equal(enc.encode(d["waveform"], fps, clip, chunk_seconds=L / fps), enc.encode(d["waveform"], fps, clip))
     torch.testing.assert_close(enc.encode(d["waveform"], fps, clip), reference, **TOL)
@@ -153,7 +151,7 @@ def test_chunked_locality(tiny):
 # ---------------------------------------------------------------- layout and shapes
 
 @pytest.mark.parametrize("fps, true_frames, padded", [(25, 33, 48), (29.97, 39, 48)])
-def test_layout(tiny, fps, true_frames, padded):
+def test_layout(tiny, fps, true_frames, padded):  # padding's sample count: test_hallo_audio_steps / single_chunk
     wave = speech(1.3)
     assert tiny.frame_count(wave.numel(), fps) == true_frames == math.ceil(1.3 * fps)
     assert tiny.frame_count(wave.numel(), fps, 16) == padded
@@ -162,9 +160,6 @@ def test_layout(tiny, fps, true_frames, padded):
     assert tiny.encode(wave, fps).shape[0] == true_frames
     # multi-chunk path: same frame count and padding as the single pass
     assert tiny.encode(wave, fps, 16, chunk_seconds=0.5, context_seconds=0.2).shape == feats.shape
-    values, frames = tiny.prepare(wave, fps, 16)
-    assert frames == padded and values.shape[0] == wave.numel() + (padded - true_frames) * math.floor(16000 / fps)
-    assert torch.equal(values[wave.numel():], torch.zeros(values.shape[0] - wave.numel()))
 
     win = tiny.window(feats, m=2)
     assert win.shape == (padded, 5, 2, 32)
@@ -228,3 +223,13 @@ def test_shape_errors(tiny, hallo):
     with pytest.raises(EMOCheckpointError, match="do not fit together"):
         bad = next(b for b in range(layers + 1, 10 * layers * width) if (layers * width) % b)  # no whole channel count
         AudioProjection.from_state_dict(hallo["audioproj"], blocks=bad)
+
+
+def test_ntsc_fps_is_30000_over_1001():
+    """29.97 means 30000/1001 here as everywhere (it was read as 2997/100): 1601601 samples (100.1000625 s) are
+    3000.0019 frames at 30000/1001, so 3001, but 2999.9989 at 29.97 exactly."""
+    from emo_model.media.audio import count_frames
+    assert Wav2VecAudioEncoder.frame_count(1601601, 29.97) == 3001 == count_frames(1601601, 16000, 29.97)
+    assert Wav2VecAudioEncoder.frame_count(1601601, 29.97, 16) == 3008
+    with pytest.raises(EMOInputError, match="fps"):
+        Wav2VecAudioEncoder.frame_count(16000, True)

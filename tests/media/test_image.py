@@ -4,7 +4,7 @@ import torch
 from PIL import Image
 
 from emo_model.errors import EMOInputError
-from emo_model.media.image import example_portrait, load_image, to_rgb_uint8
+from emo_model.media.image import example_portrait, load_image, to_rgb_uint8, to_uint8_frames
 
 
 def gradient(h=80, w=100):
@@ -90,3 +90,64 @@ def test_example_portrait():
     img = example_portrait()
     assert img.shape == (512, 512, 3) and img.dtype == np.uint8
     assert img.std() > 20  # a real picture, not a blank
+
+
+# ---------------------------------------------------------------- the one pixel rule (to_uint8_frames), every caller
+
+def test_pixel_rule_floats_ints_alpha(caplog):
+    from emo_model.media import image as image_mod
+    rgb = gradient(64, 64)
+    f = rgb.astype(np.float32) / 255
+    np.testing.assert_array_equal(to_uint8_frames(f), rgb[None])                       # float 0..1
+    np.testing.assert_array_equal(to_uint8_frames(torch.from_numpy(f).half()[None]),    # fp16 tensor batch
+                                  to_uint8_frames(torch.from_numpy(f).half().float()[None]))
+    np.testing.assert_array_equal(to_uint8_frames(rgb.astype(np.uint16) * 257), rgb[None])  # 16-bit
+    np.testing.assert_array_equal(to_uint8_frames(rgb.astype(np.int32)), rgb[None])         # small ints = 8-bit
+    assert to_uint8_frames(np.ones((64, 64, 3), bool)).min() == 255
+    out = to_uint8_frames(rgb)
+    assert out.base is rgb or np.shares_memory(out, rgb)  # uint8 RGB is not copied
+    image_mod._said.discard("clip")
+    with caplog.at_level("WARNING", logger="emo_model.media.image"):
+        a = to_uint8_frames(np.full((2, 8, 8, 3), 1.3, np.float32))
+        b = to_uint8_frames(np.full((2, 8, 8, 3), -0.2, np.float32))
+    assert a.min() == 255 and b.max() == 0
+    assert sum("clipped" in r.message for r in caplog.records) == 1  # said once, not per call
+    with pytest.raises(EMOInputError, match="divide by 255"):
+        to_uint8_frames(np.full((1, 8, 8, 3), 200.0, np.float32))
+    with pytest.raises(EMOInputError, match=r"x / 2 \+ 0.5"):
+        to_uint8_frames(np.full((1, 8, 8, 3), -1.0, np.float32))
+    with pytest.raises(EMOInputError, match="NaN"):
+        to_uint8_frames(np.full((1, 8, 8, 3), np.nan, np.float32))
+    with pytest.raises(EMOInputError, match="outside 0..65535"):
+        to_uint8_frames(np.full((1, 8, 8, 3), -3, np.int32))
+    rgba = np.zeros((1, 8, 8, 4), np.float32)
+    rgba[..., 0], rgba[..., 3] = 1.0, 0.6  # 60 % opaque red over white: 255 * 0.4 = 102 in G and B
+    np.testing.assert_array_equal(to_uint8_frames(rgba)[0, 0, 0], [255, 102, 102])
+    np.testing.assert_array_equal(to_uint8_frames((rgba * 255).round().astype(np.uint8))[0, 0, 0], [255, 102, 102])
+    gray_alpha = np.zeros((1, 8, 8, 2), np.uint8)
+    np.testing.assert_array_equal(to_uint8_frames(gray_alpha)[0, 0, 0], [255, 255, 255])  # transparent -> white
+
+
+def test_every_module_uses_the_one_rule(tmp_path):
+    """Face detection, crop, paste back, colour match, video writing and the nodes' helpers convert through
+    media.image: a 0..255 float picture is refused everywhere (it used to be clipped to white in four of them), and
+    alpha is composited over white everywhere (it used to be dropped by the detector and refused by the writer)."""
+    from emo_model.faces import crop as face_crop
+    from emo_model.faces.detect import detect_faces
+    from emo_model.media.video import VideoWriter, probe
+    big = gradient(96, 96).astype(np.float32)  # 0..255 floats
+    with pytest.raises(EMOInputError, match="divide by 255"):
+        detect_faces(big, "lbp")
+    info = face_crop.plan_crop((96, 96), None, None, True, 0.5, 64, 0, "replicate")
+    with pytest.raises(EMOInputError, match="divide by 255"):
+        face_crop.crop(big, info)
+    with pytest.raises(EMOInputError, match="divide by 255"):
+        face_crop.paste_back(gradient(96, 96), np.full((1, 64, 64, 3), 255.0, np.float32), info)
+    with pytest.raises(EMOInputError, match="divide by 255"):
+        with VideoWriter(tmp_path / "a.mp4", 25) as w:
+            w.write(np.full((1, 64, 64, 3), 255.0, np.float32))
+    rgba = np.zeros((2, 64, 64, 4), np.uint8)  # fully transparent -> white in every module
+    with VideoWriter(tmp_path / "b.mp4", 25) as w:
+        w.write(rgba)
+    assert probe(tmp_path / "b.mp4")["frames"] == 2
+    np.testing.assert_array_equal(face_crop.crop(np.zeros((96, 96, 4), np.uint8), info), np.full((64, 64, 3), 255))

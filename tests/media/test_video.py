@@ -99,7 +99,7 @@ def test_errors(tmp_path):
             w.write(frames(2))
             w.write(frames(2, h=80))
     with pytest.raises(EMOInputError, match=r"\[frames, H, W, 3\]"):
-        VideoWriter(tmp_path / "b.mp4", 25).write(np.zeros((2, 64, 64, 4), np.uint8))
+        VideoWriter(tmp_path / "b.mp4", 25).write(np.zeros((2, 64, 64, 5), np.uint8))
     with pytest.raises(EMOInputError, match="sample rate"):
         VideoWriter(tmp_path / "c.mp4", 25, audio=tone(1, 16000, 1))
     with pytest.raises(EMOInputError, match="fps"):
