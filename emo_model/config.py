@@ -3,9 +3,9 @@
 One implementation serves EMO (native), Hallo and EchoMimic; the switches below are what differs between them.
 """
 import dataclasses
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
+
+from .errors import EMOCheckpointError
 
 # SD1.5's UNet (diffusers UNet2DConditionModel config); ReferenceNet and backbone share it.
 SD15_UNET = dict(
@@ -70,17 +70,11 @@ class EMOConfig:
     def latent_size(self) -> int:
         return self.resolution // 8
 
-    def to_json(self, path: Path) -> None:
-        Path(path).write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
-
     @classmethod
     def from_dict(cls, d: dict) -> "EMOConfig":
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:
-            raise ValueError(f"unknown config keys {sorted(unknown)}")
+            raise EMOCheckpointError(f"unknown config keys {sorted(unknown)}: the model's config.json was written by "
+                                     "a newer version of the pack; update the pack")
         return cls(**d)
-
-    @classmethod
-    def from_json(cls, path: Path) -> "EMOConfig":
-        return cls.from_dict(json.loads(Path(path).read_text()))

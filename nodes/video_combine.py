@@ -1,13 +1,10 @@
 """Video Combine: IMAGE frames + AUDIO + fps -> core VIDEO, and an mp4 (H.264 + AAC) saved under output/."""
 import json
 import os
-from fractions import Fraction
-
-import torch
 
 import folder_paths
 
-from ..emo_model.media.audio import fps_fraction
+from ..emo_model.media.audio import fit_to_frames, fps_fraction
 from ..emo_model.errors import EMOInputError
 from ..emo_model.media.video import VideoWriter
 from .audio_encode import audio_track
@@ -94,8 +91,7 @@ class EMOVideoCombine(io.ComfyNode):
 
         video_audio = None
         if wave is not None:  # the VIDEO carries the audio cut/padded to the video's length, like the mp4
-            n = round(Fraction(frames.shape[0] * sample_rate) / rate)
-            wave = wave[:, :n] if wave.shape[1] >= n else torch.nn.functional.pad(wave, (0, n - wave.shape[1]))
+            wave = fit_to_frames(wave, sample_rate, frames.shape[0], rate)
             video_audio = {"waveform": wave[None].contiguous(), "sample_rate": sample_rate}
         video = InputImpl.VideoFromComponents(Types.VideoComponents(images=frames, audio=video_audio, frame_rate=rate))
         return io.NodeOutput(video, ui=ui.PreviewVideo([ui.SavedResult(file, subfolder, io.FolderType.output)]))

@@ -20,12 +20,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 from einops import rearrange
 from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
 
 from ..errors import EMOCheckpointError, EMOInputError
+from ..formats.safe_load import load_tensors
 from ..media.audio import count_frames, fps_fraction
 
 SAMPLE_RATE = 16000  # Hz, the only rate wav2vec2 was trained on
@@ -79,28 +80,17 @@ class Wav2VecAudioEncoder(nn.Module):
         try:
             config = Wav2Vec2Config.from_json_file(str(folder / "config.json"))
         except (OSError, ValueError) as e:
-            raise EMOCheckpointError(f"cannot read {folder / 'config.json'}: {e}") from None
+            raise EMOCheckpointError(f"cannot read {folder / 'config.json'}: {e}; {fix}") from e
         if getattr(config, "model_type", None) != "wav2vec2":
             raise EMOCheckpointError(
                 f"{folder / 'config.json'} describes a {config.model_type!r} model, not wav2vec2; {fix}")
         config._attn_implementation = "eager"  # Hallo ran transformers 4.39's eager attention
 
-        if (folder / "model.safetensors").is_file():
-            try:
-                state = load_file(str(folder / "model.safetensors"))
-            except Exception as e:  # safetensors raises its own error types for truncated files
-                raise EMOCheckpointError(
-                    f"cannot read {folder / 'model.safetensors'} (truncated download?): {e}") from None
-        elif (folder / "pytorch_model.bin").is_file():
-            try:
-                state = torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
-            except Exception as e:
-                raise EMOCheckpointError(
-                    f"cannot read {folder / 'pytorch_model.bin'} safely (truncated, or not a plain state dict): {e}"
-                ) from None
-        else:
+        weights = next((folder / n for n in ("model.safetensors", "pytorch_model.bin") if (folder / n).is_file()), None)
+        if weights is None:
             raise EMOCheckpointError(
                 f"{folder} has no weights: expected model.safetensors or pytorch_model.bin beside config.json; {fix}")
+        state = load_tensors(weights)  # safetensors, or torch.load(weights_only=True)
 
         model = Wav2Vec2Model(config)
         state = _convert_state_dict(state, model.state_dict().keys(), folder)

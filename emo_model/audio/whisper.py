@@ -14,7 +14,6 @@ Pipeline (16 kHz mono waveform -> per-video-frame audio tokens):
 """
 
 import math
-import pickle
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +24,7 @@ from transformers import WhisperConfig, WhisperFeatureExtractor
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from ..errors import EMOCheckpointError, EMOInputError
+from ..formats.safe_load import load_checkpoint
 
 SAMPLE_RATE = 16000  # Hz
 FEATURE_RATE = 50  # whisper encoder frames per second
@@ -58,26 +58,14 @@ def openai_to_transformers_key(key: str) -> str:
 
 
 def load_plain_checkpoint(path) -> dict:
-    """`torch.load(weights_only=True)` with errors that name the file: refused (pickled objects) or unreadable."""
+    """`formats.safe_load.load_checkpoint` (`torch.load(weights_only=True)`), with the whisper file named in the
+    errors: missing, refused (pickled objects) or unreadable."""
     path = Path(path)
     if not path.is_file():
         raise EMOCheckpointError(
             f"whisper checkpoint not found: {path}. Put EchoMimic's audio_processor/whisper_tiny.pt there "
             "(OpenAI-whisper format) or point the audio-encoder setting at it.")
-    try:
-        return torch.load(path, weights_only=True, map_location="cpu")
-    except pickle.UnpicklingError as e:
-        if "weights only" in str(e).lower():
-            raise EMOCheckpointError(
-                f"refused: {path} holds Python objects other than tensors; only plain tensor checkpoints are "
-                "loaded (a dict of tensors, numbers and strings). Use the original release file, or re-save its "
-                "tensors as a plain dict / safetensors.") from None
-        raise EMOCheckpointError(
-            f"cannot read {path}: the file is corrupt or not a torch checkpoint ({e}). Download it again.") from None
-    except Exception as e:  # truncated zip, garbage bytes, ...
-        raise EMOCheckpointError(
-            f"cannot read {path}: the file is truncated or corrupt ({type(e).__name__}: {str(e)[:200]}). "
-            "Download it again.") from None
+    return load_checkpoint(path, fix="use EchoMimic's original audio_processor/whisper_tiny.pt (download it again)")
 
 
 class WhisperAudioEncoder(nn.Module):

@@ -286,7 +286,7 @@ def _yunet(path: str, mtime: float):
         return cv2.FaceDetectorYN.create(path, "", (320, 320), 0.5, 0.3, 5000)
     except cv2.error as e:
         raise EMOCheckpointError(f"OpenCV could not load the YuNet file {path} ({e.err or e}); "
-                                 f"get {DETECTOR_FILES['yunet'][0]} again (see docs/faces.md)") from None
+                                 f"get {DETECTOR_FILES['yunet'][0]} again (see docs/faces.md)") from e
 
 
 def _detect_yunet(rgb: np.ndarray, path: Path, threshold: float) -> list[FaceBox]:
@@ -317,7 +317,7 @@ def _scrfd(path: str, mtime: float):
     except cv2.error as e:
         raise EMOCheckpointError(f"OpenCV could not load the SCRFD file {path} ({e.err or e}); use "
                                  f"{DETECTOR_FILES['scrfd'][0]} from Hallo's face_analysis/models "
-                                 "or pick YuNet (see docs/faces.md)") from None
+                                 "or pick YuNet (see docs/faces.md)") from e
 
 
 def _nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> list[int]:

@@ -163,7 +163,7 @@ class FaceEmbedder:
             self.net.setInput(np.zeros((1, 3, INPUT_SIZE, INPUT_SIZE), np.float32))
             out = self.net.forward()
         except (cv2.error, ValueError, IndexError, StopIteration) as e:
-            raise EMOCheckpointError(f"{bad}. OpenCV could not run it: {getattr(e, 'err', None) or e}") from None
+            raise EMOCheckpointError(f"{bad}. OpenCV could not run it: {getattr(e, 'err', None) or e}") from e
         if len(outputs) != 1 or out.shape != (1, 512):
             raise EMOCheckpointError(f"{bad}. It gives {len(outputs)} output(s), the first of shape {tuple(out.shape)}")
 

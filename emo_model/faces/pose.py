@@ -96,10 +96,10 @@ def read_landmarks(path) -> np.ndarray | None:
                 value = _ArrayUnpickler(f).load()
     except pickle.UnpicklingError as e:
         raise EMOInputError(f"refused to read {path}: it holds Python objects other than a numpy array ({e}); "
-                            "landmark files must be plain arrays, as EchoMimic's motion_sync writes them") from None
+                            "landmark files must be plain arrays, as EchoMimic's motion_sync writes them") from e
     except (OSError, EOFError, ValueError, TypeError, AttributeError, ImportError, IndexError, KeyError) as e:
         raise EMOInputError(f"{path} could not be read as a landmark file ({type(e).__name__}: {e}): write it again "
-                            "(a pickled or .npy numpy array [478, 2 or 3])") from None
+                            "(a pickled or .npy numpy array [478, 2 or 3])") from e
     if value is None:
         return None
     if (not isinstance(value, np.ndarray) or value.ndim != 2 or value.shape[0] < MIN_LANDMARKS
@@ -148,7 +148,7 @@ def _read_video(path: Path, resolution: int, limit: int | None) -> list:
                 if limit is not None and len(frames) == limit:
                     break
     except (av.FFmpegError, UnicodeDecodeError, ValueError) as e:
-        raise EMOInputError(f"{path} could not be read as a video ({e}): give {HOW}") from None
+        raise EMOInputError(f"{path} could not be read as a video ({e}): give {HOW}") from e
     return frames
 
 
@@ -235,7 +235,7 @@ def load_pose_frames(source, resolution: int, num_frames: int | None = None,
         try:
             array = np.load(path, allow_pickle=False)
         except (OSError, ValueError, EOFError) as e:
-            raise EMOInputError(f"{path} could not be read as a numpy file ({e}): write it again") from None
+            raise EMOInputError(f"{path} could not be read as a numpy file ({e}): write it again") from e
         if (array.ndim != 3 or array.shape[1] < MIN_LANDMARKS or array.shape[2] not in (2, 3)
                 or array.dtype.kind not in "fiu" or not np.isfinite(array).all()):
             raise EMOInputError(f"{path} holds an array {list(array.shape)} of {array.dtype}; a landmark sequence is "

@@ -15,12 +15,11 @@ temporal position-table length are read from the tensors; the resolution is 8 x 
 The accelerated set's v -> x0 -> "pseudo-velocity" conversion before each DDIM step is the identity
 (x0 = a x - b v, then (a x - x0) / b = v), so both sets sample with the same loop.
 """
-import json
 from pathlib import Path
 
 from ..config import DDIM_V_ZSNR, EMOConfig
 from ..errors import EMOCheckpointError
-from .hallo import UNET_KEYS, unet_config_from_tensors
+from .common import face_locator_config, unet_config_file, unet_config_from_tensors
 from .safe_load import load_tensors
 
 PARTS = ("reference_unet", "denoising_unet", "motion_module", "face_locator")
@@ -109,11 +108,7 @@ def find_echomimic_unet_config(folder: Path) -> dict:
     for root in (folder, folder.parent):
         cfg = root / "sd-image-variations-diffusers" / "unet" / "config.json"
         if cfg.is_file():
-            try:
-                return {k: v for k, v in json.loads(cfg.read_text()).items() if k in UNET_KEYS}
-            except json.JSONDecodeError as e:
-                raise EMOCheckpointError(f"{cfg} is not valid JSON ({e}): download sd-image-variations-diffusers/"
-                                         "unet/config.json again") from None
+            return unet_config_file(cfg)
     return {}
 
 
@@ -123,8 +118,6 @@ def echomimic_config(den: dict, fl: dict, unet_base: dict, accelerated: bool) ->
     no clamp of the initial noise (the rest as the audio-driven set)."""
     unet = unet_config_from_tensors(den, unet_base)  # cross_attention_dim = whisper width, from attn2.to_k
     pose = fl["conv_in.weight"].shape[1] == 3
-    n_fl = len({k.split(".")[1] for k in fl if k.startswith("blocks.")})
-    fl_widths = [fl["conv_in.weight"].shape[0]] + [fl[f"blocks.{i}.weight"].shape[0] for i in range(1, n_fl, 2)]
     pe = next((v for k, v in den.items() if k.endswith("pos_encoder.pe")), None)
     return EMOConfig(
         kind="echomimic", resolution=8 * unet["sample_size"], unet=unet, cross_attention="audio", audio_gain=3.0,
@@ -132,7 +125,7 @@ def echomimic_config(den: dict, fl: dict, unet_base: dict, accelerated: bool) ->
         temporal=dict(heads=8, max_len=32 if pe is None else pe.shape[1], plain_blocks=True),
         temporal_mode="context_windows", window_shift=3 if pose else 2, locator_input="pose" if pose else "face_mask",
         frames_per_clip=12, motion_frames=3, first_clip_motion="reference", hallo_identity_tiling=False, identity=None,
-        face_locator=dict(in_channels=fl["conv_in.weight"].shape[1], block_out_channels=fl_widths),
+        face_locator=face_locator_config(fl),
         audio_encoder=dict(kind="whisper", fps=None, window=None), audio_projection=None, speed=None,
         scheduler=dict(DDIM_V_ZSNR), init_noise_clamp=None if pose else 1.5, steps=6 if accelerated else 30,
         audio_cfg=1.0 if accelerated else 2.5, ref_cfg=1.0 if accelerated else 2.5, fps=24.0)

@@ -14,6 +14,7 @@ Native format (a folder):
     audio_encoder/                   wav2vec2 folder, or a whisper .pt file (or "files.audio_encoder" points elsewhere)
 """
 import dataclasses
+import functools
 import json
 import shutil
 import tempfile
@@ -26,10 +27,12 @@ from safetensors.torch import save_file
 from ..config import EMOConfig
 from ..errors import EMOCheckpointError, EMOInputError
 from ..models.model import EMOModel
+from .common import audio_module_widths, load_strict
 from .safe_load import load_tensors, strip_prefix
 
 NATIVE = "emo-native"
 SD_VAE_CONFIG = Path(__file__).parent / "configs" / "sd-vae"  # SD1.5's vae/config.json, for single-file VAEs offline
+NATIVE_FIX = "copy the whole model folder again (its config.json and weights belong together)"
 COMPONENTS = ("reference_net", "backbone", "face_locator", "audio_projection", "identity_projection", "speed_layers")
 
 
@@ -46,7 +49,7 @@ def detect_format(path) -> str:
                 if json.loads(cfg.read_text()).get("format") == NATIVE:
                     return "native"
             except json.JSONDecodeError as e:
-                raise EMOCheckpointError(f"{cfg} is not valid JSON ({e})") from None
+                raise EMOCheckpointError(f"{cfg} is not valid JSON ({e})") from e
         from .echomimic import is_echomimic_folder
         if is_echomimic_folder(p):
             return "echomimic"
@@ -115,7 +118,7 @@ def load_model(path, device="cpu", dtype=torch.float32, vae_path=None, audio_enc
     audio-driven set, None the audio-driven one when present (a picked `_pose` file picks the pose set).
     Returns the model in eval mode."""
     if str(path) == "tiny-random":
-        path = make_tiny(Path(tempfile.mkdtemp(prefix="emo-tiny-")))
+        path = _tiny_folder()
     kind = detect_format(path)
     p = Path(path)
     if kind == "native":
@@ -147,7 +150,7 @@ def _load_vae(path: Path) -> AutoencoderKL:
             vae = AutoencoderKL.from_single_file(sd, config=str(SD_VAE_CONFIG), local_files_only=True)
         except Exception as e:  # diffusers raises several kinds here; the user needs one message
             reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-            raise EMOCheckpointError(f"could not read the VAE file {path} ({reason}): {hint}") from None
+            raise EMOCheckpointError(f"could not read the VAE file {path} ({reason}): {hint}") from e
         # diffusers leaves weights missing from the file at their random init: count them instead
         expected = len(vae.state_dict())
         if n < expected:
@@ -183,20 +186,19 @@ def _load_native(folder: Path, vae_path=None, audio_encoder_path=None) -> EMOMod
                                      "(copy the whole model folder again)")
     if config.speed and "speed_layers" not in parts:
         config.speed = None  # a checkpoint without speed layers runs without them
-    widths = {k.rsplit(".proj_in.weight", 1)[0]: v.shape[0] for k, v in parts["backbone"].items()
-              if ".audio_modules." in k and k.endswith("proj_in.weight")}
-    model = EMOModel(config, widths)
-    model.reference_net.load_weights(parts["reference_net"])
+    model = EMOModel(config, audio_module_widths(parts["backbone"]))
     backbone = dict(parts["backbone"])
     if "speed_layers" in parts:
         backbone.update(strip_prefix(parts["speed_layers"], "backbone."))
-        model.speed_encoder.load_state_dict(strip_prefix(parts["speed_layers"], "encoder."))
-    _strict(model.backbone.unet, backbone, folder / "backbone.safetensors")
-    _strict(model.face_locator, parts["face_locator"], folder / "face_locator.safetensors")
-    if model.audio_projection is not None:
-        _strict(model.audio_projection, parts["audio_projection"], folder / "audio_projection.safetensors")
-    if model.identity_projection is not None:
-        _strict(model.identity_projection, parts["identity_projection"], folder / "identity_projection.safetensors")
+        load_strict(model.speed_encoder, strip_prefix(parts["speed_layers"], "encoder."),
+                    folder / "speed_layers.safetensors (encoder.*)", NATIVE_FIX)
+    for module, name, sd in ((model.reference_net.unet, "reference_net", parts["reference_net"]),
+                             (model.backbone.unet, "backbone", backbone),
+                             (model.face_locator, "face_locator", parts["face_locator"]),
+                             (model.audio_projection, "audio_projection", parts.get("audio_projection")),
+                             (model.identity_projection, "identity_projection", parts.get("identity_projection"))):
+        if module is not None:
+            load_strict(module, sd, folder / f"{name}.safetensors", NATIVE_FIX)
     vae = None if vae_path is False else Path(vae_path) if vae_path else find_vae(folder)
     if vae is None and vae_path is not False:
         raise EMOCheckpointError(
@@ -222,13 +224,6 @@ def _weights_dtype(sd: dict) -> torch.dtype:
     return max(counts, key=counts.get) if counts else torch.float32
 
 
-def _strict(module, sd, source):
-    missing, unexpected = module.load_state_dict(sd, strict=False)
-    if missing or unexpected:
-        raise EMOCheckpointError(f"{source} does not fit this model's config: missing {list(missing)[:3]}, "
-                                 f"unexpected {list(unexpected)[:3]}")
-
-
 def _load_hallo(p: Path, vae_path=None, audio_encoder_path=None) -> EMOModel:
     from .hallo import find_unet_config, hallo_config, load_hallo_weights
     net = p if p.is_file() else _hallo_net(p)
@@ -244,7 +239,7 @@ def _load_hallo(p: Path, vae_path=None, audio_encoder_path=None) -> EMOModel:
     sd = load_tensors(net)
     config, widths = hallo_config(sd, find_unet_config(net), (enc.num_layers, enc.hidden_size))
     model = EMOModel(config, widths)
-    load_hallo_weights(model, sd)
+    load_hallo_weights(model, sd, net)
     model.vae = None if vae_dir is None else _load_vae(vae_dir)
     model.audio_encoder = enc
     model.sources = {"vae": vae_dir, "audio_encoder": enc_dir, "weights_dtype": _weights_dtype(sd)}
@@ -260,9 +255,10 @@ def _load_echomimic(folder: Path, vae_path=None, audio_encoder_path=None, accele
     den = {**sds["denoising_unet"], **sds["motion_module"]}
     config = echomimic_config(den, sds["face_locator"], find_echomimic_unet_config(folder), acc)
     model = EMOModel(config)
-    model.reference_net.load_weights(sds["reference_unet"])
-    _strict(model.backbone.unet, den, files["denoising_unet"])
-    _strict(model.face_locator, sds["face_locator"], files["face_locator"])
+    fix = "download it again from EchoMimic's model page (the files of one set belong together)"
+    load_strict(model.reference_net.unet, sds["reference_unet"], files["reference_unet"], fix)
+    load_strict(model.backbone.unet, den, f"{files['denoising_unet']} + {files['motion_module'].name}", fix)
+    load_strict(model.face_locator, sds["face_locator"], files["face_locator"], fix)
     enc = Path(audio_encoder_path) if audio_encoder_path else _find(
         folder, ["audio_processor/whisper_tiny.pt", "whisper_tiny.pt"], "audio_processor/whisper_tiny.pt",
         "put EchoMimic's audio_processor/whisper_tiny.pt beside the model files")
@@ -357,25 +353,39 @@ def tiny_config() -> EMOConfig:
         steps=4, audio_cfg=2.0, ref_cfg=1.5, fps=25.0, speed_value=1.0)
 
 
+@functools.lru_cache(maxsize=1)
+def _tiny_folder() -> Path:
+    """One tiny random model per process, in a temporary folder removed when the process ends."""
+    tmp = tempfile.TemporaryDirectory(prefix="emo-tiny-")
+    _TINY_DIRS.append(tmp)  # kept alive (and its folder on disk) until exit
+    return make_tiny(Path(tmp.name))
+
+
+_TINY_DIRS: list = []
+
+
 def make_tiny(folder, seed: int = 0) -> Path:
-    """Writes a tiny random model in the native format (with a tiny VAE and wav2vec2) to `folder`."""
+    """Writes a tiny random model in the native format (with a tiny VAE and wav2vec2) to `folder`. The same seed gives
+    the same files; the caller's torch random state is left as it was (a local generator, a forked RNG)."""
     from ..audio.wav2vec2 import Wav2VecAudioEncoder, make_tiny_wav2vec
-    torch.manual_seed(seed)
     folder = Path(folder)
-    config = tiny_config()
-    model = EMOModel(config)
-    for m in model.modules():  # zero-initialised layers would hide wiring errors in tests: randomise everything
-        for name, p in m.named_parameters(recurse=False):
-            if p.ndim >= 2:
-                torch.nn.init.normal_(p, std=p.shape[1] ** -0.5 if p.ndim == 2 else (p[0].numel()) ** -0.5)
-            elif "weight" in name:
-                torch.nn.init.normal_(p, 1.0, 0.1)
-            else:
-                torch.nn.init.normal_(p, 0.0, 0.05)
-    model.vae = AutoencoderKL(block_out_channels=[8, 16, 32, 32], layers_per_block=1, norm_num_groups=8,
-                              latent_channels=4, sample_size=64,
-                              down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4)
-    enc_dir = make_tiny_wav2vec(folder / "audio_encoder", seed=seed)
-    model.audio_encoder = Wav2VecAudioEncoder.from_folder(enc_dir)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):  # building (and loading) modules draws from the global RNG: restored
+        torch.manual_seed(seed)  # the modules' own init (replaced below, but for the VAE) is reproducible too
+        model = EMOModel(tiny_config())
+        for m in model.modules():  # zero-initialised layers would hide wiring errors in tests: randomise everything
+            for name, p in m.named_parameters(recurse=False):
+                if p.ndim >= 2:
+                    std = p.shape[1] ** -0.5 if p.ndim == 2 else (p[0].numel()) ** -0.5
+                    torch.nn.init.normal_(p, std=std, generator=gen)
+                elif "weight" in name:
+                    torch.nn.init.normal_(p, 1.0, 0.1, generator=gen)
+                else:
+                    torch.nn.init.normal_(p, 0.0, 0.05, generator=gen)
+        model.vae = AutoencoderKL(block_out_channels=[8, 16, 32, 32], layers_per_block=1, norm_num_groups=8,
+                                  latent_channels=4, sample_size=64,
+                                  down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4)
+        enc_dir = make_tiny_wav2vec(folder / "audio_encoder", seed=seed)
+        model.audio_encoder = Wav2VecAudioEncoder.from_folder(enc_dir)
     model.sources["audio_encoder"] = enc_dir
     return save_native(model, folder)

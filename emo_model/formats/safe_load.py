@@ -15,34 +15,17 @@ FIX = "download it again from the model's official page (or use a .safetensors v
 def load_tensors(path) -> dict:
     """A flat {key: tensor} state dict from a .safetensors/.pth/.bin/.ckpt/.pt file (on the CPU).
 
-    Pickled files are read with `weights_only=True`: a file holding anything but tensors and plain containers is
-    refused. Truncated, unsafe or foreign files give a one-line EMOCheckpointError naming the file and the fix."""
+    Pickled files are read with `load_checkpoint` (`weights_only=True`). Truncated, unsafe or foreign files give a
+    one-line EMOCheckpointError naming the file and the fix."""
     path = Path(path)
-    if not path.is_file():
-        raise EMOCheckpointError(f"model file not found: {path}: put it there, or pick the right file/folder")
-    if path.stat().st_size == 0:
-        raise EMOCheckpointError(f"{path} is empty (0 bytes): the download did not finish; {FIX}")
     if path.suffix == ".safetensors":
+        _check_file(path)
         try:
             return load_file(str(path))
         except (SafetensorError, OSError, ValueError) as e:
             raise EMOCheckpointError(f"{path} is not a readable safetensors file ({_first_line(e)}); it may be "
-                                     f"truncated: {FIX}") from None
-    try:
-        try:  # memory-mapped: tensors are read from the file when used (recognising a file costs no full read)
-            sd = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as e:
-            if "mmap" not in str(e):
-                raise
-            sd = torch.load(str(path), map_location="cpu", weights_only=True)  # pre-zip (torch < 1.6) format
-    except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError, KeyError, ... for bad files
-        if isinstance(e, pickle.UnpicklingError) and "weights only load failed" in str(e).lower():
-            raise EMOCheckpointError(
-                f"refused to load {path}: it holds Python objects that are not tensors ({_unsafe_global(e)}), and "
-                "such pickles are refused for safety (loading them can run code). Use the official file from the "
-                "model's page, or a .safetensors version of it") from None
-        raise EMOCheckpointError(f"{path} could not be read ({_first_line(e)}): the file is probably truncated or "
-                                 f"not a PyTorch checkpoint; {FIX}") from None
+                                     f"truncated: {FIX}") from e
+    sd = load_checkpoint(path)
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
     if not isinstance(sd, dict):
@@ -53,6 +36,35 @@ def load_tensors(path) -> dict:
         raise EMOCheckpointError(f"{path} is not a plain state dict of tensors ({len(other)} entries are not tensors, "
                                  f"e.g. {other[0]!r}: {type(sd[other[0]]).__name__}): {FIX}")
     return dict(sd)
+
+
+def load_checkpoint(path, fix: str = FIX):
+    """What a .pth/.bin/.ckpt/.pt pickle holds (tensors, numbers, strings and plain containers), read with
+    `torch.load(weights_only=True)` on the CPU, memory-mapped when the file allows. The pack's only torch.load:
+    a file holding other Python objects is refused (loading them could run code); `fix` ends the error messages."""
+    path = Path(path)
+    _check_file(path, fix)
+    try:
+        try:  # memory-mapped: tensors are read from the file when used (recognising a file costs no full read)
+            return torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:
+            if "mmap" not in str(e):
+                raise
+            return torch.load(str(path), map_location="cpu", weights_only=True)  # pre-zip (torch < 1.6) format
+    except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError, KeyError, ... for bad files
+        if isinstance(e, pickle.UnpicklingError) and "weights only load failed" in str(e).lower():
+            raise EMOCheckpointError(
+                f"refused to load {path}: it holds Python objects that are not tensors ({_unsafe_global(e)}), and "
+                f"such pickles are refused for safety (loading them can run code): {fix}") from e
+        raise EMOCheckpointError(f"{path} could not be read ({_first_line(e)}): the file is probably truncated or "
+                                 f"not a PyTorch checkpoint; {fix}") from e
+
+
+def _check_file(path: Path, fix: str = FIX):
+    if not path.is_file():
+        raise EMOCheckpointError(f"model file not found: {path}: put it there, or pick the right file/folder")
+    if path.stat().st_size == 0:
+        raise EMOCheckpointError(f"{path} is empty (0 bytes): the download did not finish; {fix}")
 
 
 def _first_line(e: Exception) -> str:

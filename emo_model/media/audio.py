@@ -51,7 +51,7 @@ def load_audio(path) -> tuple[torch.Tensor, int]:
     except EMOInputError:
         raise
     except (av.FFmpegError, UnicodeDecodeError, ValueError) as e:
-        raise EMOInputError(f"{path} could not be read as audio ({e}): use {AUDIO_FORMATS}") from None
+        raise EMOInputError(f"{path} could not be read as audio ({e}): use {AUDIO_FORMATS}") from e
     waveform = buf.array()
     if waveform is None or waveform.shape[1] == 0:
         raise EMOInputError(f"{path} has an audio track but no samples: use a file with sound ({AUDIO_FORMATS})")
@@ -84,7 +84,7 @@ class _Samples:
         return None if self.buf is None else self.buf[:, :self.n]
 
 
-def _as_channels_samples(waveform) -> np.ndarray:
+def as_channels_samples(waveform) -> np.ndarray:
     """`[samples]` or `[channels, samples]` tensor/array -> float32 numpy `[channels, samples]`."""
     if isinstance(waveform, torch.Tensor):
         waveform = waveform.detach().to("cpu", torch.float32).numpy()
@@ -108,29 +108,53 @@ def mix_and_resample(waveform, sample_rate: int, target_rate: int = 16000) -> to
     waveform: `[channels, samples]` (or `[samples]`), float in [-1, 1], sample_rate in Hz.
     Returns float32 `[round(samples * target_rate / sample_rate)]` at target_rate Hz.
     """
-    mono = _as_channels_samples(waveform)
+    mono = as_channels_samples(waveform)
     if mono.shape[0] > 1:  # a mono track is used as it is (no copy: long tracks are held once)
         mono = mono.mean(axis=0, keepdims=True)
+    return torch.from_numpy(np.ascontiguousarray(resample(mono, sample_rate, target_rate)[0]))
+
+
+def resample(waveform: np.ndarray, sample_rate: int, target_rate: int) -> np.ndarray:
+    """Resample float32 `[channels, samples]` (1 or 2 channels) with libswresample (`av.AudioResampler`), in chunks.
+
+    Returns float32 `[channels, round(samples * target_rate / sample_rate)]` (half up), the filter's delay flushed
+    and the end trimmed or zero-padded to that length; the input itself when the rates are equal.
+    """
     sample_rate, target_rate = int(sample_rate), int(target_rate)
     if sample_rate <= 0 or target_rate <= 0:
         raise EMOInputError(f"sample rate must be positive (got {sample_rate} Hz -> {target_rate} Hz)")
-    n = mono.shape[1]
+    if sample_rate == target_rate:  # used as it is (no copy: long tracks are held once)
+        return waveform
+    n = waveform.shape[1]
     n_out = math.floor(Fraction(n * target_rate, sample_rate) + Fraction(1, 2))
-    if sample_rate == target_rate:
-        return torch.from_numpy(np.ascontiguousarray(mono[0]))
-    resampler = av.AudioResampler(format="fltp", layout="mono", rate=target_rate)
+    layout = "mono" if waveform.shape[0] == 1 else "stereo"
+    resampler = av.AudioResampler(format="fltp", layout=layout, rate=target_rate)
     out, step = [], 1 << 16
     for start in range(0, n, step):
-        chunk = np.ascontiguousarray(mono[:, start:start + step])
-        frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout="mono")
+        chunk = np.ascontiguousarray(waveform[:, start:start + step], dtype=np.float32)
+        frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout=layout)
         frame.sample_rate = sample_rate
         frame.pts = start
         frame.time_base = Fraction(1, sample_rate)
-        out += [f.to_ndarray()[0] for f in resampler.resample(frame)]
-    out += [f.to_ndarray()[0] for f in resampler.resample(None)]  # flush the filter's delay
-    y = np.concatenate(out) if out else np.zeros(0, np.float32)
-    y = y[:n_out] if len(y) >= n_out else np.pad(y, (0, n_out - len(y)))
-    return torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32))
+        out += [f.to_ndarray() for f in resampler.resample(frame)]
+    out += [f.to_ndarray() for f in resampler.resample(None)]  # flush the filter's delay
+    y = np.concatenate(out, axis=1) if out else np.zeros((waveform.shape[0], 0), np.float32)
+    y = y[:, :n_out] if y.shape[1] >= n_out else np.pad(y, ((0, 0), (0, n_out - y.shape[1])))
+    return np.ascontiguousarray(y, dtype=np.float32)
+
+
+def samples_for_frames(frames: int, sample_rate: int, fps) -> int:
+    """Audio samples that last exactly `frames` video frames: frames / fps * sample_rate, rounded half up (exact)."""
+    return math.floor(Fraction(int(frames) * int(sample_rate)) / fps_fraction(fps) + Fraction(1, 2))
+
+
+def fit_to_frames(waveform: torch.Tensor, sample_rate: int, frames: int, fps) -> torch.Tensor:
+    """Cut or zero-pad `[..., samples]` to `samples_for_frames(frames, sample_rate, fps)`: the audio of a video of
+    `frames` frames, as `VideoWriter` writes it."""
+    n = samples_for_frames(frames, sample_rate, fps)
+    if waveform.shape[-1] >= n:
+        return waveform[..., :n]
+    return torch.nn.functional.pad(waveform, (0, n - waveform.shape[-1]))
 
 
 def fps_fraction(fps) -> Fraction:
@@ -140,8 +164,8 @@ def fps_fraction(fps) -> Fraction:
         if isinstance(fps, (bool, str, bytes)):
             raise TypeError
         value = float(fps)
-    except (TypeError, ValueError):
-        raise EMOInputError(f"fps must be a number (got {fps!r}): use e.g. 25 or 29.97") from None
+    except (TypeError, ValueError) as e:
+        raise EMOInputError(f"fps must be a number (got {fps!r}): use e.g. 25 or 29.97") from e
     if not math.isfinite(value) or value <= 0 or value > 240:
         raise EMOInputError(f"fps {fps} is out of range: use a frame rate above 0 and at most 240 (e.g. 25 or 30)")
     if isinstance(fps, Fraction):

@@ -35,7 +35,7 @@ def load_image(path) -> np.ndarray:
             if img.mode == "F":  # 32-bit float TIFF: 0..255 or 0..1
                 array = array / 255 if array.max(initial=0) > 1.5 else array
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise EMOInputError(f"{path} could not be read as an image ({e}): use {IMAGE_FORMATS}") from None
+        raise EMOInputError(f"{path} could not be read as an image ({e}): use {IMAGE_FORMATS}") from e
     return to_rgb_uint8(array, name=path)
 
 

@@ -4,14 +4,13 @@ Frames are encoded as they arrive, so memory does not grow with the video's leng
 trimmed or zero-padded to exactly the video's duration (frames / fps) and interleaved with the video.
 """
 
-import math
 import os
 from fractions import Fraction
 
 import av
 import numpy as np
 
-from .audio import _as_channels_samples, fps_fraction
+from .audio import as_channels_samples, fps_fraction, resample, samples_for_frames
 from .image import to_uint8_frames
 from ..errors import EMOInputError
 
@@ -52,7 +51,7 @@ class VideoWriter:
         if audio is not None:
             if not sample_rate or sample_rate <= 0:
                 raise EMOInputError("VideoWriter got audio without a sample rate: pass sample_rate in Hz")
-            audio = _as_channels_samples(audio)
+            audio = as_channels_samples(audio)
             if audio.shape[0] > 2:
                 audio = audio.mean(axis=0, keepdims=True)
             if audio.size and (audio.min() < -1 or audio.max() > 1):
@@ -82,23 +81,12 @@ class VideoWriter:
             codec = av.Codec("aac", "w")
             rate = self.sample_rate if self.sample_rate in codec.audio_rates else 48000
             if rate != self.sample_rate:  # the AAC encoder takes a fixed list of rates: resample with swresample
-                self.audio = self._resample(self.audio, self.sample_rate, rate)
+                self.audio = resample(self.audio, self.sample_rate, rate)
                 self.sample_rate = rate
             layout = "mono" if self.audio.shape[0] == 1 else "stereo"
             self.audio_stream = self.container.add_stream("aac", rate=rate, layout=layout)
             self.audio_stream.codec_context.time_base = Fraction(1, rate)
             self._resampler = av.AudioResampler(format="fltp", layout=layout, rate=rate, frame_size=_AUDIO_CHUNK)
-
-    @staticmethod
-    def _resample(audio: np.ndarray, rate: int, target: int) -> np.ndarray:
-        layout = "mono" if audio.shape[0] == 1 else "stereo"
-        resampler = av.AudioResampler(format="fltp", layout=layout, rate=target)
-        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(audio), format="fltp", layout=layout)
-        frame.sample_rate, frame.pts, frame.time_base = rate, 0, Fraction(1, rate)
-        out = [f.to_ndarray() for f in resampler.resample(frame) + resampler.resample(None)]
-        y = np.concatenate(out, axis=1)
-        n = math.floor(Fraction(audio.shape[1] * target, rate) + Fraction(1, 2))
-        return y[:, :n] if y.shape[1] >= n else np.pad(y, ((0, 0), (0, n - y.shape[1])))
 
     def _write_audio(self, until: int):
         """Encode audio samples [_audio_pos, until): the track past its end is silence."""
@@ -117,8 +105,8 @@ class VideoWriter:
             self._audio_pos = end
 
     def _audio_samples_at(self, frames: int) -> int:
-        """Audio samples that last exactly `frames` video frames (rounded to the nearest sample)."""
-        return math.floor(Fraction(frames * self.sample_rate) / self.fps + Fraction(1, 2))
+        """Audio samples that last exactly `frames` video frames (`media.audio.samples_for_frames`)."""
+        return samples_for_frames(frames, self.sample_rate, self.fps)
 
     def write(self, frames):
         """Encode `[f, H, W, 3]` frames (uint8, or float 0..1) now; nothing is kept in memory."""

@@ -22,16 +22,6 @@ class FaceLocator(nn.Module):
             self.blocks.append(nn.Conv2d(cin, cout, 3, padding=1, stride=2))
         self.conv_out = nn.Conv2d(block_out_channels[-1], out_channels, 3, padding=1)
 
-    @classmethod
-    def from_state_dict(cls, sd: dict) -> "FaceLocator":
-        """Builds the locator with widths read from the tensors (Hallo: 3-ch input, EchoMimic: 1-ch, EchoMimic's
-        pose sets: 3-ch)."""
-        n_blocks = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
-        widths = [sd["conv_in.weight"].shape[0]] + [sd[f"blocks.{i}.weight"].shape[0] for i in range(1, n_blocks, 2)]
-        model = cls(sd["conv_out.weight"].shape[0], sd["conv_in.weight"].shape[1], widths)
-        model.load_state_dict(sd)
-        return model
-
     @property
     def in_channels(self) -> int:
         return self.conv_in.in_channels

@@ -14,13 +14,6 @@ class IdentityProjection(nn.Module):
         self.proj = nn.Linear(embed_dim, num_tokens * cross_attention_dim)
         self.norm = nn.LayerNorm(cross_attention_dim)
 
-    @classmethod
-    def from_state_dict(cls, sd: dict) -> "IdentityProjection":
-        dim = sd["norm.weight"].shape[0]
-        model = cls(dim, sd["proj.weight"].shape[1], sd["proj.weight"].shape[0] // dim)
-        model.load_state_dict(sd)
-        return model
-
     @property
     def embed_dim(self) -> int:
         return self.proj.in_features

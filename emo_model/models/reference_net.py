@@ -32,11 +32,6 @@ class ReferenceNet(nn.Module):
             if block.attn2 is not None:
                 block.attn2.set_processor(EMOAttnProcessor())
 
-    def load_weights(self, sd: dict):
-        missing, unexpected = self.unet.load_state_dict(sd, strict=False)
-        if missing or unexpected:
-            raise KeyError(f"ReferenceNet weights do not match: missing {missing[:5]}, unexpected {unexpected[:5]}")
-
     def forward(self, latents: torch.Tensor, tokens: torch.Tensor | None) -> dict[str, torch.Tensor]:
         """latents: [n, 4, h, w] (VAE-scaled); tokens: [n, T, D] for the cross-attention slot or None.
         Returns {path: [n, L, C]}: the input of every self-attention layer (L = h w at that layer's resolution)."""

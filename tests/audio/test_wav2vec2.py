@@ -31,7 +31,18 @@ def hallo(fixtures):
         data=load_file(str(root / "audio.safetensors")),
         encoder=Wav2VecAudioEncoder.from_folder(root / "wav2vec" / "wav2vec2-base-960h"),
         audioproj={k[len("audioproj."):]: v for k, v in net.items() if k.startswith("audioproj.")},
+        net=net,
     )
+
+
+def hallo_projection(hallo, state=None, **change):
+    """The audio projection as the Hallo loader builds it: sizes from `hallo_config`, weights through `load_strict`."""
+    from emo_model.formats.common import load_strict
+    from emo_model.formats.hallo import hallo_config
+    config, _ = hallo_config(hallo["net"], {}, (hallo["encoder"].num_layers, hallo["encoder"].hidden_size))
+    proj = AudioProjection(**{**config.audio_projection, **change})
+    load_strict(proj, hallo["audioproj"] if state is None else state, "net.pth (audioproj.*)")
+    return proj
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +98,7 @@ def test_hallo_encode_window_project(hallo):
     windows = enc.window(feats, m=2)
     torch.testing.assert_close(windows, d["audio_windows"], **TOL)
 
-    proj = AudioProjection.from_state_dict(hallo["audioproj"], blocks=enc.num_layers)
+    proj = hallo_projection(hallo)
     assert (proj.seq_len, proj.blocks, proj.channels, proj.context_tokens, proj.output_dim) == (
         pc["seq_len"], pc["blocks"], pc["channels"], pc["context_tokens"], pc["output_dim"])
     with torch.no_grad():
@@ -207,22 +218,20 @@ def test_shape_errors(tiny, hallo):
 
     pc = hallo["proj_cfg"]
     n, layers, width = pc["seq_len"], pc["blocks"], pc["channels"]
-    proj = AudioProjection.from_state_dict(hallo["audioproj"])  # no hint: the (layer, channel) split is unknown
-    assert proj.blocks is None and proj.channels is None and proj.input_dim == n * layers * width
+    proj = hallo_projection(hallo)
+    assert (proj.blocks, proj.channels) == (layers, width) and layers > 1
     assert proj(torch.zeros(3, n, layers, width)).shape == (3, pc["context_tokens"], pc["output_dim"])
-    strict = AudioProjection.from_state_dict(hallo["audioproj"], channels=width)
-    assert strict.blocks == layers and layers > 1
     with pytest.raises(EMOInputError, match="do not fit"):
-        strict(torch.zeros(3, n, 1, layers * width))  # same size, other (layer, channel) split
+        proj(torch.zeros(3, n, 1, layers * width))  # same size, other (layer, channel) split
     with pytest.raises(EMOInputError, match="do not fit"):
         proj(torch.zeros(3, n, layers, width - 1))
     with pytest.raises(EMOInputError, match="frames, window, layers, dim"):
         proj(torch.zeros(n, layers, width))
-    with pytest.raises(EMOCheckpointError, match="lack"):
-        AudioProjection.from_state_dict({k: v for k, v in hallo["audioproj"].items() if k != "proj3.bias"})
-    with pytest.raises(EMOCheckpointError, match="do not fit together"):
-        bad = next(b for b in range(layers + 1, 10 * layers * width) if (layers * width) % b)  # no whole channel count
-        AudioProjection.from_state_dict(hallo["audioproj"], blocks=bad)
+    with pytest.raises(EMOCheckpointError, match=r"net.pth \(audioproj.\*\) does not fit this model: missing 1"):
+        hallo_projection(hallo, {k: v for k, v in hallo["audioproj"].items() if k != "proj3.bias"})
+    with pytest.raises(EMOCheckpointError, match=r"net.pth \(audioproj.\*\) does not fit this model: 1 tensors have "
+                                                 r"other shapes \(size mismatch for proj1.weight"):
+        hallo_projection(hallo, channels=width + 1)  # a wav2vec2 of another width: torch's RuntimeError, named
 
 
 def test_ntsc_fps_is_30000_over_1001():

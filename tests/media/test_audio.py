@@ -149,3 +149,26 @@ def test_count_frames_too_short():
         count_frames(480, 16000, 25)
     with pytest.raises(EMOInputError, match="shorter than one frame"):
         count_frames(0, 16000, 25)
+
+
+def test_one_cut_pad_rule_half_up():
+    """Video Combine's VIDEO and VideoWriter's mp4 cut/pad audio with one rule: frames / fps * rate, half up.
+    3 frames at 12 fps of 22050 Hz audio are 5512.5 samples: 5513 (Python's round() gave 5512)."""
+    from emo_model.media.audio import fit_to_frames, samples_for_frames
+    assert samples_for_frames(3, 22050, 12) == 5513 and samples_for_frames(1, 22050, 12) == 1838
+    assert samples_for_frames(30, 16000, 29.97) == 16016  # 30 frames at 30000/1001 = 1.001 s
+    wave = torch.ones(2, 6000)
+    cut = fit_to_frames(wave, 22050, 3, 12)
+    assert cut.shape == (2, 5513) and torch.equal(cut, wave[:, :5513])
+    padded = fit_to_frames(wave, 22050, 4, 12)
+    assert padded.shape == (2, 7350) and padded[:, 6000:].abs().max() == 0 and padded[:, :6000].min() == 1
+
+
+def test_resample_keeps_channels():
+    from emo_model.media.audio import resample
+    t = np.arange(48000) / 48000
+    stereo = np.stack([np.sin(2 * np.pi * 440 * t), np.sin(2 * np.pi * 880 * t)]).astype(np.float32)
+    y = resample(stereo, 48000, 16000)
+    assert y.shape == (2, 16000) and y.dtype == np.float32
+    np.testing.assert_allclose(y[0], mix_and_resample(stereo[:1], 48000, 16000).numpy(), atol=1e-6)
+    assert resample(stereo, 48000, 48000) is stereo
