@@ -8,7 +8,9 @@ Detectors:
   ``LBP_WORK_SIDE`` pixels (small images are upscaled, large ones downscaled), with
   OpenCV-style grouping of the raw hits and two more passes at +-20 degrees when the
   upright pass finds nothing (heads tilted up to ~35 degrees). Frontal faces of at least 10 %
-  of the picture's short side; misses drawn/emoji faces, profiles and small faces.
+  of the picture's short side; when there are none, finer passes (twice the resolution each) look for
+  smaller ones, down to 64 px (1/40 of the short side in pictures over 2560 px). Misses drawn/emoji
+  faces and profiles.
 * ``yunet`` -- OpenCV's ``cv2.FaceDetectorYN`` running ``face_detection_yunet_2023mar.onnx``
   (opencv_zoo, MIT). Much better on small, turned and painted faces. No onnxruntime.
 * ``scrfd`` -- insightface SCRFD with keypoints (``scrfd_10g_bnkps.onnx``, the file in Hallo's
@@ -43,7 +45,9 @@ DETECTOR_FILES = {
 }
 DEFAULT_THRESHOLD = {"lbp": 0.7, "yunet": 0.6, "scrfd": 0.5}
 LBP_WORK_SIDE = 320        # short side (px) of the image the cascade scans
-LBP_MIN_FACE = 32          # smallest window (px at work scale): faces < 10 % of the short side are skipped
+LBP_MIN_FACE = 32          # smallest window (px at work scale): the first pass skips faces < 10 % of the short side
+LBP_SMALL_FACE = 64        # smallest face (source px) the finer passes look for when the first pass finds none
+LBP_FINE_SIDE = 1280       # largest short side (px) of a finer pass's work image (bounds its time)
 LBP_ANGLES = (-20.0, 20.0)  # extra passes when the upright pass finds nothing
 
 
@@ -194,25 +198,16 @@ def _cascade():
 
 
 def _group(rects: np.ndarray, eps: float = 0.2) -> list[tuple[np.ndarray, int]]:
-    """OpenCV groupRectangles: cluster similar [x, y, w, h] rects; returns (mean rect, count)."""
-    n = len(rects)
-    label = np.arange(n)
-
-    def find(i):
-        while label[i] != i:
-            label[i] = label[label[i]]
-            i = label[i]
-        return i
-
-    for i in range(n):
-        for j in range(i + 1, n):
-            a, b = rects[i], rects[j]
-            d = eps * (min(a[2], b[2]) + min(a[3], b[3])) * 0.5
-            if (abs(a[0] - b[0]) <= d and abs(a[1] - b[1]) <= d
-                    and abs(a[0] + a[2] - b[0] - b[2]) <= d and abs(a[1] + a[3] - b[1] - b[3]) <= d):
-                label[find(i)] = find(j)
-    roots = np.array([find(i) for i in range(n)])
-    return [(rects[roots == r].mean(axis=0), int((roots == r).sum())) for r in np.unique(roots)]
+    """OpenCV's groupRectangles rule (gone from OpenCV 5's main module): [x, y, w, h] rects are similar when each
+    edge differs by at most eps * mean(min width, min height); groups are the connected sets of similar rects
+    (scipy's connected components). Returns (mean rect, count) per group."""
+    from scipy.sparse.csgraph import connected_components
+    x0, y0, w, h = (rects[:, i:i + 1] for i in range(4))
+    d = eps * (np.minimum(w, w.T) + np.minimum(h, h.T)) * 0.5
+    similar = ((abs(x0 - x0.T) <= d) & (abs(y0 - y0.T) <= d)
+               & (abs(x0 + w - (x0 + w).T) <= d) & (abs(y0 + h - (y0 + h).T) <= d))
+    _, labels = connected_components(similar, directed=False)
+    return [(rects[labels == g].mean(axis=0), int((labels == g).sum())) for g in np.unique(labels)]
 
 
 def _suppress_inner(boxes: list[FaceBox], overlap: float = 0.5) -> list[FaceBox]:
@@ -231,34 +226,65 @@ def _suppress_inner(boxes: list[FaceBox], overlap: float = 0.5) -> list[FaceBox]
     return keep
 
 
-def _lbp_pass(gray: np.ndarray, threshold: float) -> list[FaceBox]:
-    """One cascade scan (every window from LBP_MIN_FACE px up to the short side), hits grouped.
+def _lbp_groups(gray: np.ndarray, max_face: int | None = None, step: float = 1.0) -> list[tuple[np.ndarray, int]]:
+    """Cascade hits (windows from LBP_MIN_FACE px up to ``max_face``, default the short side; ``step_ratio`` = step)
+    grouped: [(mean [x, y, w, h], hits)]."""
+    side = min(gray.shape)
+    if side < LBP_MIN_FACE:
+        return []
+    top = min(side, max_face or side)
+    hits = _cascade().detect_multi_scale(img=gray.astype(np.float32) / 255.0, scale_factor=1.1, step_ratio=step,
+                                         min_size=(LBP_MIN_FACE, LBP_MIN_FACE), max_size=(top, top),
+                                         min_neighbor_number=1, intersection_score_threshold=1.01)
+    if not hits:
+        return []
+    return _group(np.array([[d["c"], d["r"], d["width"], d["height"]] for d in hits], np.float64))
+
+
+def _lbp_pass(gray: np.ndarray, threshold: float, max_face: int | None = None) -> list[FaceBox]:
+    """One exhaustive cascade scan (every position, windows from LBP_MIN_FACE px up to ``max_face``), hits grouped.
 
     Keeps groups scoring >= threshold and with at least 40 % of the best group's hits: next to a
     real face (~20 hits) the 5-6-hit groups that picture edges and textures make are dropped.
     """
-    side = min(gray.shape)
-    if side < LBP_MIN_FACE:
+    groups = _lbp_groups(gray, max_face)
+    if not groups:
         return []
-    hits = _cascade().detect_multi_scale(img=gray.astype(np.float32) / 255.0, scale_factor=1.1, step_ratio=1.0,
-                                         min_size=(LBP_MIN_FACE, LBP_MIN_FACE), max_size=(side, side),
-                                         min_neighbor_number=1, intersection_score_threshold=1.01)
-    if not hits:
-        return []
-    rects = np.array([[d["c"], d["r"], d["width"], d["height"]] for d in hits], np.float64)
-    groups = _group(rects)
     best = max(n for _, n in groups)
     return [FaceBox(x, y, x + w, y + h, 1.0 - 0.8 ** n) for (x, y, w, h), n in groups
             if 1.0 - 0.8 ** n >= threshold and n >= 0.4 * best]
 
 
+def _fine_pass(gray: np.ndarray, threshold: float) -> list[FaceBox]:
+    """Faces of 1 to 2.2 x LBP_MIN_FACE px in a large work image, at a fraction of an exhaustive scan's cost: a
+    scan with longer strides (step_ratio 1.5) proposes places, and each is scanned exhaustively (and scored as in
+    `_lbp_pass`) in a crop three windows wide around it."""
+    top = round(2.2 * LBP_MIN_FACE)
+    boxes = []
+    for (x, y, w, h), _ in _lbp_groups(gray, top, step=1.5):
+        x0, y0 = max(0, int(x - w)), max(0, int(y - h))
+        crop = gray[y0:int(y + 2 * h) + 1, x0:int(x + 2 * w) + 1]
+        boxes += [replace(b, x0=b.x0 + x0, y0=b.y0 + y0, x1=b.x1 + x0, y1=b.y1 + y0)
+                  for b in _lbp_pass(crop, threshold, top)]
+    return _suppress_inner(boxes)
+
+
+def _work_gray(gray: np.ndarray, s: float) -> np.ndarray:
+    """The gray picture scaled by ``s`` (area averaging down, bilinear up)."""
+    import cv2
+    h, w = gray.shape
+    size = (max(1, round(w * s)), max(1, round(h * s)))
+    return cv2.resize(gray, size, interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
+
+
 def _detect_lbp(rgb: np.ndarray, threshold: float) -> list[FaceBox]:
+    """The first pass sees faces of at least 10 % of the short side (upright, then +-20 degrees); when it finds none,
+    finer passes look for smaller faces, down to LBP_SMALL_FACE px (see `_fine_scales`)."""
     import cv2
     h, w = rgb.shape[:2]
     s = min(LBP_WORK_SIDE / min(h, w), 4 * LBP_WORK_SIDE / max(h, w))
-    gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
-    size = (max(1, round(w * s)), max(1, round(h * s)))
-    gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
+    full = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    gray = _work_gray(full, s)
     boxes = _lbp_pass(gray, threshold)
     if not boxes:  # tilted heads: rotate the image, scan again, rotate the box centres back
         gh, gw = gray.shape
@@ -274,7 +300,26 @@ def _detect_lbp(rgb: np.ndarray, threshold: float) -> list[FaceBox]:
                 cx, cy = inv @ np.array([*b.center, 1.0])
                 r = b.width / 2
                 boxes.append(FaceBox(cx - r, cy - r, cx + r, cy + r, b.score))
-    return [b.scaled(1 / s) for b in _suppress_inner(boxes)]
+    if boxes:
+        return [b.scaled(1 / s) for b in _suppress_inner(boxes)]
+    for fine in _fine_scales(h, w, s):  # small faces in a large picture: each pass at twice the resolution
+        boxes = _fine_pass(_work_gray(full, fine), threshold)
+        if boxes:
+            return [b.scaled(1 / fine) for b in boxes]
+    return []
+
+
+def _fine_scales(h: int, w: int, s: float) -> list[float]:
+    """Work scales of the passes for faces smaller than the first pass (at scale ``s``) sees: each doubles the last
+    and scans windows of 1 to 2.2 x LBP_MIN_FACE (faces down to half the last pass's smallest), until faces of
+    LBP_SMALL_FACE source px are covered, with the work image's short side at most LBP_FINE_SIDE px (so in pictures
+    with a short side over 2560 px the smallest face found is 1/40 of it: 150 px at 6000 px)."""
+    top = min(LBP_MIN_FACE / LBP_SMALL_FACE, LBP_FINE_SIDE / min(h, w))
+    scales = []
+    while s * 1.01 < top:
+        s = min(2 * s, top)
+        scales.append(s)
+    return scales
 
 
 # ----------------------------------------------------------------------------- YuNet (cv2.FaceDetectorYN)
@@ -321,22 +366,14 @@ def _scrfd(path: str, mtime: float):
 
 
 def _nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> list[int]:
-    order, keep = list(np.argsort(-scores)), []
-    while order:
-        i = order.pop(0)
-        keep.append(i)
-        rest = np.array(order, dtype=int)
-        if not len(rest):
-            break
-        xx0 = np.maximum(boxes[i, 0], boxes[rest, 0])
-        yy0 = np.maximum(boxes[i, 1], boxes[rest, 1])
-        xx1 = np.minimum(boxes[i, 2], boxes[rest, 2])
-        yy1 = np.minimum(boxes[i, 3], boxes[rest, 3])
-        inter = np.clip(xx1 - xx0, 0, None) * np.clip(yy1 - yy0, 0, None)
-        area = lambda b: (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])  # noqa: E731
-        ov = inter / (area(boxes[i]) + area(boxes[rest]) - inter + 1e-9)
-        order = [int(r) for r, o in zip(rest, ov) if o <= iou]
-    return keep
+    """Greedy NMS (``cv2.dnn.NMSBoxes``): boxes [n, 4] x0 y0 x1 y1 -> kept indices, best score first; a box is
+    dropped when its IoU with a kept one exceeds ``iou``."""
+    import cv2
+    if not len(boxes):
+        return []
+    xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1).astype(np.float64)
+    keep = cv2.dnn.NMSBoxes(xywh.tolist(), scores.astype(np.float64).tolist(), 0.0, float(iou))
+    return [int(i) for i in np.asarray(keep).reshape(-1)]
 
 
 def scrfd_decode(outputs: list[np.ndarray], input_size: int, threshold: float, nms_iou: float = 0.4,
