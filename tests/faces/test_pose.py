@@ -149,8 +149,8 @@ def _write_pkls(folder, frames):
 def test_drawing_matches_echomimic_style(tmp_path):
     folder = _write_pkls(tmp_path / "pose", [_face(), _face(dx=40, cols=2), None])
     x = load_pose_frames(folder, 512)
-    assert x.shape == (3, 512, 512, 3) and x.dtype == torch.float32
-    img = (x * 255).round().to(torch.uint8).numpy()
+    assert x.shape == (3, 512, 512, 3) and x.dtype == torch.uint8
+    img = x.numpy()
     color = lambda f, y, x_: tuple(int(v) for v in img[f, y, x_])
     for f, dx in ((0, 0), (1, 40)):
         assert (img[f, 237:243, 317 + dx:323 + dx] == (250, 200, 10)).all()  # left pupil: 6 x 6 px square
@@ -181,7 +181,7 @@ def test_landmark_units_formats_and_resolution(tmp_path):
     assert torch.equal(load_pose_frames(tmp_path / "all.npy", 512), ref)
     small = load_pose_frames(tmp_path / "pkl", 128)  # drawn at 512, then resized like EchoMimic (cv2 bilinear)
     assert small.shape == (2, 128, 128, 3)
-    assert torch.allclose(small[0, 60, 80], torch.tensor([250, 200, 10]) / 255, atol=0.02)  # left pupil, /4
+    assert (small[0, 60, 80].int() - torch.tensor([250, 200, 10])).abs().max() <= 5  # left pupil, /4
     fewer = load_pose_frames(tmp_path / "pkl", 512, num_frames=1)
     assert torch.equal(fewer, ref[:1])
     with pytest.raises(EMOInputError, match="has 2 pose frames but the video needs 5"):
@@ -194,14 +194,14 @@ def test_drawn_frames_from_pictures_and_video(tmp_path):
     for name, frame in zip(("f2.png", "f10.png", "f1.png"), drawn[[1, 2, 0]]):  # natural order: f1, f2, f10
         cv2.imwrite(str(tmp_path / "png" / name), frame[..., ::-1])  # cv2 writes BGR: the file holds our channels
     x = load_pose_frames(tmp_path / "png", 512)
-    assert torch.equal(x, torch.from_numpy(drawn).float() / 255)
+    assert torch.equal(x, torch.from_numpy(drawn))
     assert torch.equal(pose_frames_from_images(torch.from_numpy(drawn).float() / 255, 512), x)  # a ComfyUI IMAGE
     with VideoWriter(tmp_path / "pose.mp4", 24) as w:
         w.write(drawn)
     v = load_pose_frames(tmp_path / "pose.mp4", 256, num_frames=2)
     assert v.shape == (2, 256, 256, 3)
-    want = torch.from_numpy(np.stack([cv2.resize(f, (256, 256)) for f in drawn[:2]])).float() / 255
-    assert (v - want).abs().mean() < 0.01  # H.264 4:2:0 blurs the thin lines a little
+    want = torch.from_numpy(np.stack([cv2.resize(f, (256, 256)) for f in drawn[:2]])).float()
+    assert (v.float() - want).abs().mean() < 2.55  # H.264 4:2:0 blurs the thin lines a little
 
 
 def test_bad_pose_input(tmp_path):
@@ -300,3 +300,23 @@ def test_pose_sampling_drives_each_frame_with_its_drawing(pose_model):
     short = pipe.encode_reference(face, mask, locator_frames=frames[:L - 1])
     with pytest.raises(EMOInputError, match="pose frames"):
         next(pipe.sample(audio, short, steps=1, frames_per_clip=8, motion_frames=2))
+
+
+def test_pose_sequences_are_uint8_from_the_start(tmp_path):
+    """Pose frames are held as uint8 (0.75 MB a frame at 512²) from drawing to the face locator: no float32 copy
+    of the sequence at any point (1,200 frames at 512² were 3.8 GB as float32). Checked on the peak of traced
+    allocations while loading 40 frames: below 2 x the uint8 result (float32 would be 4 x)."""
+    import tracemalloc
+    lms = [_face(dx=i % 7) for i in range(40)]
+    folder = _write_pkls(tmp_path / "pose", lms)
+    tracemalloc.start()
+    try:
+        x = load_pose_frames(folder, 512)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert x.dtype == torch.uint8 and x.shape == (40, 512, 512, 3)
+    assert peak < 2 * x.numpy().nbytes, (peak, x.numpy().nbytes)
+    from emo_model.faces.pose import pose_frames_uint8
+    assert pose_frames_uint8(x, 512) is x  # what the pipeline keeps: the same tensor, no copy
+    assert torch.equal(pose_frames_uint8(x.float() / 255, 512), x)  # a float IMAGE: the one pixel rule
