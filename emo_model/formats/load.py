@@ -146,17 +146,16 @@ def _load_vae(path: Path) -> AutoencoderKL:
         sd = load_tensors(path)
         keys = [k.removeprefix("first_stage_model.").removeprefix("vae.") for k in sd]  # also in full SD files
         n = sum(k.startswith(("encoder.", "decoder.", "quant_conv.", "post_quant_conv.")) for k in keys)
+        with torch.device("meta"):  # the SD VAE's tensor count, without allocating it
+            expected = len(AutoencoderKL.from_config(AutoencoderKL.load_config(str(SD_VAE_CONFIG))).state_dict())
+        if 0 < n < expected:  # counted first: diffusers fails on (or leaves at random init) what the file lacks
+            raise EMOCheckpointError(f"the VAE file {path} holds {n} of the {expected} tensors of an SD VAE (it may be "
+                                     f"truncated or another kind of VAE): {hint}")
         try:
-            vae = AutoencoderKL.from_single_file(sd, config=str(SD_VAE_CONFIG), local_files_only=True)
+            return AutoencoderKL.from_single_file(sd, config=str(SD_VAE_CONFIG), local_files_only=True)
         except Exception as e:  # diffusers raises several kinds here; the user needs one message
             reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
             raise EMOCheckpointError(f"could not read the VAE file {path} ({reason}): {hint}") from e
-        # diffusers leaves weights missing from the file at their random init: count them instead
-        expected = len(vae.state_dict())
-        if n < expected:
-            raise EMOCheckpointError(f"the VAE file {path} holds {n} of the {expected} tensors of an SD VAE (it may be "
-                                     f"truncated or another kind of VAE): {hint}")
-        return vae
     if not (path / "config.json").is_file():
         raise EMOCheckpointError(f"VAE folder {path} has no config.json: use sd-vae-ft-mse (diffusers layout)")
     return AutoencoderKL.from_pretrained(str(path), local_files_only=True)

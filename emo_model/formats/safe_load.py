@@ -55,7 +55,8 @@ def load_checkpoint(path, fix: str = FIX):
         if isinstance(e, pickle.UnpicklingError) and "weights only load failed" in str(e).lower():
             raise EMOCheckpointError(
                 f"refused to load {path}: it holds Python objects that are not tensors ({_unsafe_global(e)}), and "
-                f"such pickles are refused for safety (loading them can run code): {fix}") from e
+                f"such pickles are refused for safety (loading them can run code). Use the official file, not a "
+                f"re-saved one: {fix}") from e
         raise EMOCheckpointError(f"{path} could not be read ({_first_line(e)}): the file is probably truncated or "
                                  f"not a PyTorch checkpoint; {fix}") from e
 
