@@ -283,7 +283,8 @@ def test_small_face_in_large_picture(side, face):
 def test_group_and_nms_follow_opencv_rules():
     """_group (OpenCV's groupRectangles rule, scipy connected components) and _nms (cv2.dnn.NMSBoxes) against
     the rules written out: similar rects chain into one group; NMS keeps the best, drops IoU > 0.4 only."""
-    from emo_model.faces.detect import _group, _nms
+    from emo_model.faces.detect import _nms
+    from emo_model.faces.lbp_cascade import _group
     rects = np.array([[0, 0, 40, 40], [6, 0, 40, 40], [12, 0, 40, 40], [200, 200, 40, 40]], np.float64)
     groups = sorted(_group(rects), key=lambda g: g[0][0])  # 0~6 and 6~12 are similar (<= 8 px): one chain of 3
     assert [n for _, n in groups] == [3, 1] and np.allclose(groups[0][0], [6, 0, 40, 40])
