@@ -15,8 +15,8 @@ from torch import nn
 
 try:  # the versioned alias keeps working when `latest` moves (comfyui.md §1)
     from comfy_api.v0_0_2 import ComfyExtension, InputImpl, Types, io, ui
-except ImportError:
-    from comfy_api.latest import io
+except ImportError:  # a ComfyUI without that version (older, or one that dropped it): the same names from `latest`
+    from comfy_api.latest import ComfyExtension, InputImpl, Types, io, ui
 
 import comfy.model_management as model_management
 import comfy.model_patcher
