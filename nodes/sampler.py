@@ -3,37 +3,29 @@ import time
 
 import numpy as np
 import torch
-from PIL import Image
 
+import comfy.latent_formats
 import comfy.utils
+import latent_preview
 
 from ..emo_model.errors import EMOInputError
 from ..emo_model.sampling.pipeline import memory_estimate
 from .comfy_bridge import CATEGORY, EmoAudio, EmoModel, EmoReference, io, model_management
 
-PREVIEW_SIZE = 512  # px, longest side of the JPEG previews sent to the browser
 PREVIEW_EVERY = 0.5  # s: a preview copies latents to the host (a GPU sync), so at most two per second
 
 
-def latent_preview(latents: torch.Tensor) -> Image.Image | None:
-    """Middle frame of a clip's latents `[1, 4, f, h, w]` -> RGB picture via ComfyUI's SD1.5 latent->RGB
-    factors (no VAE decode; the same approximation as ComfyUI's latent2rgb previews)."""
-    try:
-        import comfy.latent_formats
-        fmt = comfy.latent_formats.SD15()
-        factors = torch.tensor(fmt.latent_rgb_factors, dtype=torch.float32)  # [4, 3]
-        bias = getattr(fmt, "latent_rgb_factors_bias", None)
-    except (ImportError, AttributeError):
-        return None
-    if latents is None or latents.ndim != 5 or latents.shape[1] != factors.shape[0]:
-        return None
-    frame = latents[0, :, latents.shape[2] // 2].detach().float().cpu()  # [4, h, w]
-    rgb = torch.einsum("chw,cr->hwr", frame, factors)
-    if bias is not None:
-        rgb = rgb + torch.tensor(bias, dtype=torch.float32)
-    rgb = ((rgb + 1) / 2).clamp(0, 1).mul(255).round().to(torch.uint8).numpy()
-    image = Image.fromarray(np.ascontiguousarray(rgb))
-    return image.resize((image.width * 8, image.height * 8), Image.BILINEAR)
+def previewer(device):
+    """ComfyUI's own latent previewer for SD1.5 latents: follows --preview-method (none: no previews; auto /
+    latent2rgb: latent->RGB factors; taesd: the TAESD decoder from models/vae_approx/) and --preview-size."""
+    return latent_preview.get_previewer(device, comfy.latent_formats.SD15())
+
+
+def preview_image(previewer, latents: torch.Tensor):
+    """The middle frame of a clip's latents `[1, 4, f, h, w]` (scaled SD1.5 latents, as ComfyUI's samplers hold
+    them) -> the `(format, PIL image, max size)` tuple ComfyUI's progress bar sends to the browser."""
+    frame = latents[:, :, latents.shape[2] // 2].float()  # [1, 4, h, w]
+    return previewer.decode_latent_to_preview_image("JPEG", frame)
 
 
 def _frame_batch(n: int, frame_shape) -> torch.Tensor:
@@ -111,18 +103,19 @@ class EMOSampler(io.ComfyNode):
         node_id = cls.hidden.unique_id if cls.hidden is not None else None
         bar = None
         last_preview = -PREVIEW_EVERY
+        decoder = previewer(bundle.patcher.load_device)
 
         def on_step(p):
             nonlocal bar, last_preview
             if bar is None:
                 bar = comfy.utils.ProgressBar(p.total_steps, node_id=node_id)
             preview = None
-            if time.monotonic() - last_preview >= PREVIEW_EVERY or p.step == p.total_steps:
-                preview = latent_preview(p.latents)
+            if decoder is not None and (time.monotonic() - last_preview >= PREVIEW_EVERY or p.step == p.total_steps):
+                preview = preview_image(decoder, p.latents)
                 last_preview = time.monotonic()
             # The server's progress hook raises InterruptProcessingException when the user pressed Cancel;
             # the explicit check covers runs without the hook. Either way the pipeline stops at this step.
-            bar.update_absolute(p.step, p.total_steps, ("JPEG", preview, PREVIEW_SIZE) if preview else None)
+            bar.update_absolute(p.step, p.total_steps, preview)
             model_management.throw_exception_if_processing_interrupted()
 
         bundle.to_compute_device(memory_required=memory_estimate(config, fpc))

@@ -8,7 +8,7 @@ import time
 
 supported_pt_extensions = {".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft"}
 _CORE_FOLDERS = ["checkpoints", "configs", "loras", "vae", "text_encoders", "diffusion_models", "clip_vision",
-                 "upscale_models", "audio_encoders", "custom_nodes"]
+                 "upscale_models", "audio_encoders", "custom_nodes", "vae_approx"]
 _LEGACY = {"unet": "diffusion_models", "clip": "text_encoders"}
 
 base_path = models_dir = output_directory = input_directory = temp_directory = None

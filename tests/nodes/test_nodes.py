@@ -243,9 +243,17 @@ def test_reference_encode_mask_replaces_detection_and_no_face_is_a_clear_error(c
                                                   detector="auto", face_index=0, margin=0.5)
 
 
-def test_sampler_reports_every_step_with_previews_through_model_management(comfy, loaded):
+@pytest.mark.parametrize("method", ["latent2rgb", "none"])
+def test_sampler_reports_every_step_with_comfyui_previews_through_model_management(comfy, loaded, monkeypatch,
+                                                                                   method):
+    """Progress for every step of every clip; previews come from ComfyUI's own previewer, so --preview-method
+    (none: no previews, ComfyUI's default) and --preview-size apply."""
+    import latent_preview
     from comfy import model_management as mm
     from comfy import utils as comfy_utils
+    from comfy.cli_args import LatentPreviewMethod, args
+    monkeypatch.setattr(args, "preview_method", LatentPreviewMethod(method))
+    monkeypatch.setattr(latent_preview, "MAX_PREVIEW_RESOLUTION", 320)   # what --preview-size 320 sets
     calls = []
     comfy_utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None:
                                              calls.append((value, total, preview, node_id)))
@@ -262,8 +270,12 @@ def test_sampler_reports_every_step_with_previews_through_model_management(comfy
     clips = -(-5 // loaded.bundle.model.config.frames_per_clip)
     assert [c[:2] for c in calls] == [(i + 1, 2 * clips) for i in range(2 * clips)]
     assert all(c[3] == "7" for c in calls)
-    kind, image, size = calls[-1][2]
-    assert kind == "JPEG" and image.size == (res, res) and size == 512
+    if method == "none":
+        assert all(c[2] is None for c in calls)
+    else:
+        kind, image, size = calls[-1][2]
+        assert kind == "JPEG" and image.size == (res // 8, res // 8) and size == 320  # latent->RGB: one px per latent
+        assert len({image.getpixel((0, 0)), image.getpixel((res // 16, res // 16))}) == 2  # a picture, not a fill
     assert any(loaded.bundle.patcher in models and full for models, _, full in mm.load_calls)
 
 

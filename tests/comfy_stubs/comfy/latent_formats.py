@@ -9,3 +9,4 @@ class SD15:
         self.scale_factor = 0.18215
         self.latent_rgb_factors = [[0.3, 0.2, 0.3], [0.3, 0.5, 0.2], [-0.3, 0.2, 0.3], [-0.2, -0.3, -0.7]]
         self.latent_rgb_factors_bias = None
+        self.taesd_decoder_name = "taesd_decoder"
