@@ -24,6 +24,16 @@ DDIM_V_ZSNR = dict(
 )
 
 
+@dataclass(frozen=True)
+class SamplingSettings:
+    """Sampling settings a checkpoint was made for, or the ones a render uses: denoising steps per clip, audio and
+    reference guidance scales (1.0 = that guidance off) and video frames per second."""
+    steps: int
+    audio_cfg: float
+    ref_cfg: float
+    fps: float
+
+
 @dataclass
 class EMOConfig:
     kind: str = "native"                    # "native" (EMO), "hallo", "echomimic": how the checkpoint was made
@@ -65,6 +75,15 @@ class EMOConfig:
     ref_cfg: float = 3.5
     fps: float = 25.0
     speed_value: float = 1.0
+
+    def sampling(self, steps: int | None = None, audio_cfg: float | None = None, ref_cfg: float | None = None,
+                 fps: float | None = None) -> SamplingSettings:
+        """The settings to sample with: each one given, else what this checkpoint was made for (its "auto": e.g.
+        EchoMimic's accelerated set 6 steps, no CFG, 24 fps; Hallo 40 steps, CFG 3.5 / 3.5, 25 fps)."""
+        return SamplingSettings(steps=int(self.steps if steps is None else steps),
+                                audio_cfg=float(self.audio_cfg if audio_cfg is None else audio_cfg),
+                                ref_cfg=float(self.ref_cfg if ref_cfg is None else ref_cfg),
+                                fps=self.fps if fps is None else fps)
 
     @property
     def latent_size(self) -> int:

@@ -39,7 +39,7 @@ def render(model, image, audio, out, *, steps=None, seed=0, fps=None, audio_cfg=
     picture = example_portrait() if isinstance(image, str) and image == "example" else (
         load_image(image) if isinstance(image, (str, Path)) else np.asarray(image))
     wave, sr = load_audio(audio) if isinstance(audio, (str, Path)) else audio
-    fps = cfg.fps if fps is None else fps
+    fps = cfg.sampling(fps=fps).fps  # None: the checkpoint's own
     t0 = time.perf_counter()
     num_frames = count_frames(np.shape(wave)[-1], sr, fps_fraction(fps))
     frames = None if pose is None else load_pose_frames(pose, cfg.resolution, num_frames)

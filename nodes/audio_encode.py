@@ -1,6 +1,11 @@
 """Audio Encode: core AUDIO -> encoded audio tokens, the frame count at `fps`, and the trimmed AUDIO."""
+import logging
+
 from ..emo_model.errors import EMOInputError
 from .comfy_bridge import CATEGORY, EmoAudio, EmoModel, io
+
+log = logging.getLogger(__name__)
+AUTO_FPS = 0.0  # fps widget value meaning "what the checkpoint was made for" (EMOConfig.sampling)
 
 
 def audio_track(audio, what: str = "Audio Encode"):
@@ -36,9 +41,10 @@ class EMOAudioEncode(io.ComfyNode):
                 EmoModel.Input("emo_model", tooltip="From Load EMO Models (its audio encoder is used)."),
                 io.Audio.Input("audio", tooltip="The voice track (core AUDIO, e.g. from Load Audio or Get Video "
                                                 "Components). One track; any sample rate and channel count."),
-                io.Float.Input("fps", default=25.0, min=1.0, max=120.0, step=0.001, round=0.001,
+                io.Float.Input("fps", default=AUTO_FPS, min=0.0, max=120.0, step=0.001, round=0.001,
                                tooltip="Frame rate of the video to make (fractional allowed: 29.97 is stored as "
-                                       "30000/1001). EMO was trained at 25."),
+                                       "30000/1001). 0 = auto: what the checkpoint was made for (EMO and Hallo "
+                                       "25, EchoMimic 24)."),
                 io.Float.Input("start", default=0.0, min=0.0, max=1e6, step=0.01, optional=True,
                                tooltip="Seconds to skip at the start of the track."),
                 io.Float.Input("duration", default=0.0, min=0.0, max=1e6, step=0.01, optional=True,
@@ -62,6 +68,9 @@ class EMOAudioEncode(io.ComfyNode):
                                 f"({total / rate:.2f} s): lower `start`")
         last = total if duration <= 0 else min(total, first + round(duration * rate))
         trimmed = wave[:, first:last].contiguous()
+        if fps == AUTO_FPS:
+            fps = emo_model.model.config.sampling().fps
+            log.info("EMO Audio Encode: auto fps of the checkpoint: %g", fps)
         emo_model.to_compute_device()
         encoded = emo_model.pipeline.encode_audio(trimmed, rate, fps)
         return io.NodeOutput(encoded, int(encoded.num_frames), {"waveform": trimmed[None], "sample_rate": rate})

@@ -1,4 +1,5 @@
 """EMO Sampler: encoded audio + encoded reference -> IMAGE frames, clip by clip, with progress and Cancel."""
+import logging
 import time
 
 import numpy as np
@@ -12,6 +13,9 @@ from ..emo_model.errors import EMOInputError
 from ..emo_model.sampling.pipeline import memory_estimate
 from .comfy_bridge import CATEGORY, EmoAudio, EmoModel, EmoReference, io, model_management
 
+log = logging.getLogger(__name__)
+
+AUTO = 0  # steps / CFG widget value meaning "what the checkpoint was made for" (EMOConfig.sampling)
 PREVIEW_EVERY = 0.5  # s: a preview copies latents to the host (a GPU sync), so at most two per second
 
 
@@ -57,14 +61,18 @@ class EMOSampler(io.ComfyNode):
                 EmoReference.Input("reference", tooltip="From EMO Reference Encode: the face to animate."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
                              tooltip="Noise seed: the same seed and settings give the same video."),
-                io.Int.Input("steps", default=40, min=1, max=200,
-                             tooltip="Denoising steps per clip. Fewer is faster and rougher (20-40 is typical)."),
-                io.Float.Input("audio_cfg", default=3.5, min=0.0, max=20.0, step=0.1, round=0.01,
+                io.Int.Input("steps", default=AUTO, min=0, max=200,
+                             tooltip="Denoising steps per clip; 0 = auto: what the checkpoint was made for (EMO and "
+                                     "Hallo 40, EchoMimic 30, EchoMimic accelerated 6). Fewer is faster and "
+                                     "rougher."),
+                io.Float.Input("audio_cfg", default=AUTO, min=0.0, max=20.0, step=0.1, round=0.01,
                                tooltip="Audio guidance: higher follows the voice more strongly (mouth and "
-                                       "expression); 1 turns audio guidance off."),
-                io.Float.Input("reference_cfg", default=3.5, min=0.0, max=20.0, step=0.1, round=0.01,
+                                       "expression); 1 turns audio guidance off. 0 = auto: the checkpoint's own "
+                                       "(Hallo 3.5, EchoMimic 2.5, EchoMimic accelerated 1 = off)."),
+                io.Float.Input("reference_cfg", default=AUTO, min=0.0, max=20.0, step=0.1, round=0.01,
                                tooltip="Reference guidance: higher keeps the face closer to the reference "
-                                       "picture; 1 turns it off."),
+                                       "picture; 1 turns it off. 0 = auto: the checkpoint's own (Hallo 3.5, "
+                                       "EchoMimic 2.5, EchoMimic accelerated 1 = off)."),
                 io.Float.Input("head_motion_speed", default=1.0, min=0.0, max=10.0, step=0.05, round=0.01,
                                tooltip="How fast the head moves. Used only when the checkpoint has speed layers "
                                        "(native EMO checkpoints); ignored for Hallo and EchoMimic checkpoints."),
@@ -97,6 +105,10 @@ class EMOSampler(io.ComfyNode):
                 head_motion_speed, frames_per_clip, motion_frames, pose_weight=1.0, face_weight=1.0, lip_weight=1.0):
         bundle = emo_model
         config = bundle.model.config
+        chosen = config.sampling(steps=steps or None, audio_cfg=audio_cfg or None, ref_cfg=reference_cfg or None)
+        if AUTO in (steps, audio_cfg, reference_cfg):
+            log.info("EMO Sampler: auto settings of the checkpoint: %d steps, audio CFG %g, reference CFG %g",
+                     chosen.steps, chosen.audio_cfg, chosen.ref_cfg)
         speed = head_motion_speed if getattr(config, "speed", None) else None
         fpc = frames_per_clip or None
         mf = None if motion_frames < 0 else motion_frames
@@ -122,8 +134,8 @@ class EMOSampler(io.ComfyNode):
         # Finished frames leave the GPU clip by clip into one preallocated IMAGE batch on ComfyUI's intermediate
         # device: RAM holds the frames once (no list of clips plus a concatenated copy).
         frames, done = None, 0
-        for clip in bundle.pipeline.sample(encoded_audio, reference, steps=steps, seed=seed,
-                                           audio_cfg=audio_cfg, ref_cfg=reference_cfg, speed=speed,
+        for clip in bundle.pipeline.sample(encoded_audio, reference, steps=chosen.steps, seed=seed,
+                                           audio_cfg=chosen.audio_cfg, ref_cfg=chosen.ref_cfg, speed=speed,
                                            frames_per_clip=fpc, motion_frames=mf,
                                            region_weights=(pose_weight, face_weight, lip_weight),
                                            callback=on_step):

@@ -30,11 +30,10 @@ def check_inputs(model, audio: EncodedAudio, ref: EncodedReference, steps=None, 
     """The run's settings (None: the checkpoint's default).
     Raises: EMOInputError naming the setting or input to change."""
     cfg = model.config
-    steps = cfg.steps if steps is None else int(steps)
+    chosen = cfg.sampling(steps=steps, audio_cfg=audio_cfg, ref_cfg=ref_cfg)  # None: the checkpoint's own
+    steps, audio_cfg, ref_cfg = chosen.steps, chosen.audio_cfg, chosen.ref_cfg
     if steps < 1:
         raise EMOInputError(f"steps must be at least 1 (got {steps}); the checkpoint's default is {cfg.steps}")
-    audio_cfg = cfg.audio_cfg if audio_cfg is None else float(audio_cfg)
-    ref_cfg = cfg.ref_cfg if ref_cfg is None else float(ref_cfg)
     f = frames_per_clip or cfg.frames_per_clip
     n = cfg.motion_frames if motion_frames is None else int(motion_frames)
     if f < 1 or n < 0:

@@ -366,6 +366,10 @@ def test_load_models_picks_the_echomimic_set(comfy, fixtures):
     steps = {s: load(checkpoint="EchoMimic", precision="fp32", device="cpu", echomimic_set=s).args[0].model.config.steps
              for s in ("auto", "audio", "audio accelerated")}
     assert steps == {"auto": 30, "audio": 30, "audio accelerated": 6}
+    settings = {s: vars(load(checkpoint="EchoMimic", precision="fp32", device="cpu", echomimic_set=s).args[0]
+                        .model.config.sampling()) for s in ("audio", "audio accelerated")}
+    assert settings == {"audio": dict(steps=30, audio_cfg=2.5, ref_cfg=2.5, fps=24.0),       # what the nodes' auto
+                        "audio accelerated": dict(steps=6, audio_cfg=1.0, ref_cfg=1.0, fps=24.0)}  # resolves to
     assert load(checkpoint="EchoMimic", precision="fp32", device="cpu").args[0].model.config.steps == 30
     with pytest.raises(errors.EMOCheckpointError, match="denoising_unet_pose.pth"):
         load(checkpoint="EchoMimic", precision="fp32", device="cpu", echomimic_set="pose")
@@ -377,3 +381,57 @@ def test_sampler_output_too_large_for_memory_is_a_clear_error(comfy):
     assert sampler._frame_batch(3, (8, 8, 3)).shape == (3, 8, 8, 3)
     with pytest.raises(errors.EMOInputError, match="render the track in parts"):
         sampler._frame_batch(10 ** 9, (512, 512, 3))  # ~3 PB
+
+
+def _widget_defaults(cls) -> dict:
+    return {i.id: i.default for i in cls.GET_SCHEMA().inputs if getattr(i, "default", None) is not None}
+
+
+def test_node_defaults_are_the_checkpoints_own_sampling_settings(comfy):
+    """Left at their defaults (auto), steps / CFG and Audio Encode's fps are what the checkpoint was made for (here
+    an accelerated-like checkpoint: 3 steps, no CFG, 24 fps), not fixed numbers; numbers still win when set."""
+    import json
+
+    import folder_paths
+    SamplingSettings = pack_module("emo_model.config").SamplingSettings
+    folder = Path(folder_paths.models_dir) / "emo" / "acc"
+    comfy.pack.emo_model.make_tiny(folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["model"].update(steps=3, audio_cfg=1.0, ref_cfg=1.0, fps=24.0)
+    (folder / "config.json").write_text(json.dumps(cfg))
+    bundle = node(comfy, "EMOLoadModels").execute(checkpoint="acc", precision="fp32", device="auto").args[0]
+    assert bundle.model.config.sampling() == SamplingSettings(steps=3, audio_cfg=1.0, ref_cfg=1.0, fps=24.0)
+
+    audio = {"waveform": 0.1 * torch.randn(1, 1, 4000, generator=torch.Generator().manual_seed(0)),
+             "sample_rate": 16000}                                                      # 0.25 s
+    enc_defaults = _widget_defaults(comfy.classes["EMOAudioEncode"])
+    encoded, frames, _ = node(comfy, "EMOAudioEncode").execute(emo_model=bundle, audio=audio,
+                                                               fps=enc_defaults["fps"]).args
+    assert float(encoded.fps) == 24.0 and frames == 6                                   # ceil(0.25 x 24), not 7 at 25
+    assert node(comfy, "EMOAudioEncode").execute(emo_model=bundle, audio=audio, fps=25.0).args[1] == 7
+
+    picture = torch.rand(1, 80, 80, 3, generator=torch.Generator().manual_seed(1))
+    ref = node(comfy, "EMOReferenceEncode").execute(emo_model=bundle, image=picture, frame_index=0,
+                                                    detector="whole image (no crop)", face_index=0,
+                                                    margin=0.5).args[0]
+    defaults = _widget_defaults(comfy.classes["EMOSampler"])
+    assert {k: defaults[k] for k in ("steps", "audio_cfg", "reference_cfg")} == {"steps": 0, "audio_cfg": 0,
+                                                                                "reference_cfg": 0}
+    from comfy import utils as comfy_utils
+    totals = []
+    comfy_utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: totals.append(total))
+    sample = {k: defaults[k] for k in ("seed", "head_motion_speed", "frames_per_clip", "motion_frames")}
+    try:
+        auto = node(comfy, "EMOSampler").execute(emo_model=bundle, encoded_audio=encoded, reference=ref,
+                                                 steps=defaults["steps"], audio_cfg=defaults["audio_cfg"],
+                                                 reference_cfg=defaults["reference_cfg"], **sample).args[0]
+    finally:
+        comfy_utils.set_progress_bar_global_hook(None)
+    clips = -(-6 // bundle.model.config.frames_per_clip)
+    assert set(totals) == {3 * clips}                                                    # the checkpoint's 3 steps
+    explicit = node(comfy, "EMOSampler").execute(emo_model=bundle, encoded_audio=encoded, reference=ref, steps=3,
+                                                 audio_cfg=1.0, reference_cfg=1.0, **sample).args[0]
+    guided = node(comfy, "EMOSampler").execute(emo_model=bundle, encoded_audio=encoded, reference=ref, steps=3,
+                                               audio_cfg=3.5, reference_cfg=3.5, **sample).args[0]
+    assert torch.equal(auto, explicit)                                                   # auto = no CFG, as made
+    assert (auto - guided).abs().max() > 1e-3                                            # the old fixed 3.5 / 3.5
