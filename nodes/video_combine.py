@@ -2,13 +2,16 @@
 import json
 import os
 
+import comfy.utils
 import folder_paths
 
 from ..emo_model.media.audio import fit_to_frames, fps_fraction
 from ..emo_model.errors import EMOInputError
 from ..emo_model.media.video import VideoWriter
 from .audio_encode import audio_track
-from .comfy_bridge import CATEGORY, InputImpl, Types, io, ui
+from .comfy_bridge import CATEGORY, InputImpl, Types, io, model_management, ui
+
+WRITE_CHUNK = 64  # frames encoded between two progress updates / Cancel checks
 
 try:
     from comfy.cli_args import args as _cli_args
@@ -84,10 +87,17 @@ class EMOVideoCombine(io.ComfyNode):
                 metadata.update({k: json.dumps(v) for k, v in hidden.extra_pnginfo.items()})
             if hidden is not None and hidden.prompt is not None:
                 metadata["prompt"] = json.dumps(hidden.prompt)
+        # The writer fills a hidden temporary file in the same folder and gives it the name only when the video is
+        # complete; a name that is taken (a file ComfyUI's counter did not see) is kept and the video takes the next
+        # free one. A failure or Cancel while writing leaves nothing in output/.
+        bar = comfy.utils.ProgressBar(frames.shape[0])  # the server shows it on the node that is running
         with VideoWriter(os.path.join(folder, file), rate, audio=wave, sample_rate=sample_rate, crf=crf,
                          metadata=metadata) as writer:
-            for start in range(0, frames.shape[0], 64):
-                writer.write(frames[start:start + 64])
+            for start in range(0, frames.shape[0], WRITE_CHUNK):
+                writer.write(frames[start:start + WRITE_CHUNK])
+                bar.update_absolute(min(start + WRITE_CHUNK, frames.shape[0]))
+                model_management.throw_exception_if_processing_interrupted()
+        file = os.path.basename(writer.path)
 
         video_audio = None
         if wave is not None:  # the VIDEO carries the audio cut/padded to the video's length, like the mp4

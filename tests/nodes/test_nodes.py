@@ -435,3 +435,35 @@ def test_node_defaults_are_the_checkpoints_own_sampling_settings(comfy):
                                                audio_cfg=3.5, reference_cfg=3.5, **sample).args[0]
     assert torch.equal(auto, explicit)                                                   # auto = no CFG, as made
     assert (auto - guided).abs().max() > 1e-3                                            # the old fixed 3.5 / 3.5
+
+
+def test_video_combine_cancelled_while_writing_leaves_output_as_it_was(comfy):
+    """Cancel (or any failure) after the first frames were encoded: no mp4 under the final name, no temporary
+    file, and the files already in output/ (an earlier render, a file of the user's) keep their bytes."""
+    from comfy import model_management as mm
+    from comfy import utils as comfy_utils
+    out = Path(comfy.fp.get_output_directory()) / "emo"
+    out.mkdir(parents=True)
+    (out / "test_00001_.mp4").write_bytes(b"an earlier render")
+    (out / "notes.txt").write_bytes(b"the user's own file")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    updates = []
+
+    def hook(value, total, preview, node_id=None):  # what the server's hook does once Cancel was pressed
+        updates.append(value)
+        mm.interrupt_current_processing(True)
+
+    comfy_utils.set_progress_bar_global_hook(hook)
+    try:
+        with pytest.raises(mm.InterruptProcessingException):
+            node(comfy, "EMOVideoCombine").execute(frames=_frames(150, 32, 32), fps=25.0, filename_prefix="emo/test",
+                                                   crf=23)
+    finally:
+        comfy_utils.set_progress_bar_global_hook(None)
+        mm.interrupt_current_processing(False)
+    assert updates == [64]                                      # 64 frames were encoded, then Cancel
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    done = node(comfy, "EMOVideoCombine").execute(frames=_frames(3, 32, 32), fps=25.0, filename_prefix="emo/test",
+                                                  crf=23)
+    assert done.ui.as_dict()["images"][0]["filename"] == "test_00002_.mp4"
+    assert (out / "test_00001_.mp4").read_bytes() == b"an earlier render"
