@@ -2,6 +2,7 @@
 from .audio_encode import EMOAudioEncode
 from .comfy_bridge import ComfyExtension
 from .download import EMODownloadModels
+from .example_inputs import install_example_inputs
 from .load_models import EMOLoadModels
 from .load_pose import EMOLoadPose
 from .paste_back import EMOPasteBack
@@ -20,4 +21,5 @@ class EMOExtension(ComfyExtension):
 
 
 async def comfy_entrypoint() -> EMOExtension:
+    install_example_inputs()  # the templates open ready to Queue
     return EMOExtension()

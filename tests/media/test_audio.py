@@ -10,7 +10,7 @@ import torch
 from emo_model.media.audio import count_frames, fps_fraction, load_audio, mix_and_resample
 from emo_model.errors import EMOInputError
 
-SPEECH = Path(__file__).resolve().parents[2] / "examples" / "speech.wav"
+SPEECH = Path(__file__).resolve().parents[2] / "assets" / "speech.wav"
 
 
 def write_audio(path, samples: np.ndarray, rate: int, codec: str, fmt: str):

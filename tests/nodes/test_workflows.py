@@ -7,13 +7,12 @@ import sys
 from fractions import Fraction
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "comfy_stubs"))
 import emo_comfy_harness as harness  # noqa: E402
 
-WORKFLOWS = harness.ROOT / "workflows"
+WORKFLOWS = harness.ROOT / "example_workflows"
 API = sorted((WORKFLOWS / "api").glob("*.json"))
 UI = sorted(WORKFLOWS.glob("*.json"))
 CORE_NODES = {"LoadImage", "LoadAudio", "LoadVideo", "GetVideoComponents"}
@@ -25,15 +24,15 @@ def load(path):
 
 @pytest.fixture(scope="module")
 def comfy(tmp_path_factory):
-    """A ComfyUI base folder with the workflows' input files and a folder for each checkpoint name they use."""
+    """A fresh ComfyUI base folder with a folder for each checkpoint name the workflows use; the input files are
+    only what the pack itself puts there when it loads."""
     base = tmp_path_factory.mktemp("comfyui")
     harness.use_stubs(base)
     import folder_paths
     names = {n["inputs"]["checkpoint"] for p in API for n in load(p).values() if n["class_type"] == "EMOLoadModels"}
     for name in names:
         (Path(folder_paths.models_dir) / "emo" / name).mkdir(parents=True)
-    make_inputs(Path(folder_paths.get_input_directory()))
-    _, classes = harness.load_pack()
+    _, classes = harness.load_pack()  # puts the templates' example inputs into input/
     return type("Comfy", (), dict(base=base, classes=harness.all_classes(classes), fp=folder_paths, names=names))
 
 
@@ -48,43 +47,15 @@ def tiny_models(comfy):
     return comfy
 
 
-def make_inputs(folder: Path):
-    """The files the workflows name: a portrait, a 16 kHz mono voice, a 44.1 kHz stereo 'song', and a short video
-    with sound (the reference is taken from one of its frames). Short, so the tiny model renders few frames (but more than one clip)."""
-    from PIL import Image
-    from emo_model.media.audio import load_audio, mix_and_resample
-    from emo_model.media.image import example_portrait
-    from emo_model.media.video import VideoWriter
-    portrait = example_portrait()
-    Image.fromarray(portrait[:480, 16:496]).save(folder / "emo_portrait.png")
-    wav, sr = load_audio(harness.ROOT / "examples" / "speech.wav")
-    voice = wav[:, int(0.3 * sr): int(0.5 * sr)]       # 0.2 s: 5 frames, 2 clips of the tiny model
-    write_wav(folder / "emo_speech.wav", voice.numpy(), sr)
-    song = mix_and_resample(wav[:, int(1.0 * sr): int(1.3 * sr)], sr, 44100).numpy()  # 0.3 s, 8 frames
-    write_wav(folder / "emo_song.wav", np.stack([song, 0.5 * song]), 44100)
-    frames = np.stack([np.roll(portrait, 4 * i, axis=1) for i in range(4)])
-    with VideoWriter(folder / "emo_reference.mp4", 24, audio=voice, sample_rate=sr) as w:
-        w.write(frames)
-
-
-def write_wav(path, wave, rate):
-    import av
-    layout = "mono" if wave.shape[0] == 1 else "stereo"
-    with av.open(str(path), "w") as c:
-        s = c.add_stream("pcm_s16le", rate=rate, layout=layout)
-        pcm = (np.clip(wave, -1, 1).T.reshape(1, -1) * 32767).astype(np.int16)
-        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(pcm), format="s16", layout=layout)
-        frame.sample_rate = rate
-        for p in [*s.encode(frame), *s.encode(None)]:
-            c.mux(p)
-
-
 def fast(prompt):
-    """The same graph with 2 denoising steps (the tiny model needs no more to exercise every stage)."""
+    """The same graph with 2 denoising steps and 0.3 s of the track (the tiny model needs no more to exercise every
+    stage; 0.3 s is still more than one clip)."""
     prompt = json.loads(json.dumps(prompt))
     for n in prompt.values():
         if n["class_type"] == "EMOSampler":
             n["inputs"]["steps"] = 2
+        if n["class_type"] == "EMOAudioEncode":
+            n["inputs"]["duration"] = 0.3
     return prompt
 
 

@@ -315,7 +315,7 @@ def test_cli_reports_bad_input_without_traceback(tiny_dir, tmp_path, capsys):
     tiny_img = tmp_path / "small.png"
     from PIL import Image
     Image.new("RGB", (40, 40)).save(tiny_img)
-    rc = main(["render", "--image", str(tiny_img), "--audio", "examples/speech.wav", "--model", str(tiny_dir),
+    rc = main(["render", "--image", str(tiny_img), "--audio", "assets/speech.wav", "--model", str(tiny_dir),
                "--out", str(tmp_path / "x.mp4")])
     assert rc == 2
     err = capsys.readouterr().err
