@@ -467,3 +467,33 @@ def test_video_combine_cancelled_while_writing_leaves_output_as_it_was(comfy):
                                                   crf=23)
     assert done.ui.as_dict()["images"][0]["filename"] == "test_00002_.mp4"
     assert (out / "test_00001_.mp4").read_bytes() == b"an earlier render"
+
+
+def test_paste_back_into_background_frames_frame_by_frame(comfy):
+    """`background` (e.g. the source video's frames) replaces the reference picture frame by frame, the last one
+    repeating; pictures of another size than the reference are refused with both sizes named."""
+    from emo_model.media.image import example_portrait
+    errors = pack_module("emo_model.errors")
+    ref = pack_module("nodes.reference_encode")
+    fc = pack_module("emo_model.faces.crop")
+    picture = example_portrait()[:200, :300]
+    info = fc.plan_crop(picture.shape[:2], whole_image=True, resolution=64)
+    x0, y0, side = info.box
+    frames = torch.rand(5, 64, 64, 3, generator=torch.Generator().manual_seed(0))
+    shades = torch.tensor([0.2, 0.5, 0.8])
+    background = shades[:, None, None, None].expand(3, 200, 300, 3).clone()
+    out = node(comfy, "EMOPasteBack").execute(frames=frames, crop_info=ref.CropPlacement(info, picture), feather=0.1,
+                                              color_match=False, background=background).args[0]
+    assert out.shape == (5, 200, 300, 3)
+    for i, shade in enumerate([0.2, 0.5, 0.8, 0.8, 0.8]):                       # the last background repeats
+        outside = out[i, :, :x0] if x0 > 0 else out[i, :y0]
+        assert outside.numel() and torch.allclose(outside, torch.tensor(shade), atol=1 / 255), i
+    inside = out[:, y0 + side // 4:y0 + 3 * side // 4, x0 + side // 4:x0 + 3 * side // 4]
+    assert (inside - shades.max()).abs().amax() > 0.1                          # the generated face is in there
+    plain = node(comfy, "EMOPasteBack").execute(frames=frames, crop_info=ref.CropPlacement(info, picture),
+                                                feather=0.1, color_match=False).args[0]
+    assert torch.allclose(inside, plain[:, y0 + side // 4:y0 + 3 * side // 4, x0 + side // 4:x0 + 3 * side // 4],
+                          atol=1 / 255)                                          # same face, other surroundings
+    with pytest.raises(errors.EMOInputError, match=r"background is 301×200 px but the reference picture is 300×200"):
+        node(comfy, "EMOPasteBack").execute(frames=frames, crop_info=ref.CropPlacement(info, picture), feather=0.1,
+                                            color_match=False, background=torch.zeros(2, 200, 301, 3))
