@@ -8,6 +8,7 @@ from ..emo_model.faces import crop as face_crop
 from ..emo_model.faces import detect as face_detect
 from ..emo_model.faces.pose import pose_frames_from_images
 from ..emo_model.sampling.reference import prepare_reference
+from ..emo_model.media.image import to_rgb_uint8
 from .comfy_bridge import (CATEGORY, EmoCropInfo, EmoModel, EmoReference, detector_folders, emo_roots, first_image,
                            io)
 
@@ -92,7 +93,8 @@ class EMOReferenceEncode(io.ComfyNode):
     @classmethod
     def execute(cls, emo_model, image, frame_index, detector, face_index, margin, face_mask=None, identity=AUTO,
                 pose_frames=None):
-        picture = face_detect.as_rgb_uint8(first_image(image, frame_index, "Reference Encode"))  # uint8 [H, W, 3]
+        picture = to_rgb_uint8(first_image(image, frame_index, "Reference Encode"), "the reference image",
+                               min_side=1)  # uint8 [H, W, 3]
         mask = None
         if face_mask is not None:  # MASK [B, H, W]: the same frame as the image when the batches match
             mask = face_mask[frame_index] if face_mask.ndim == 3 and face_mask.shape[0] == image.shape[0] else face_mask
