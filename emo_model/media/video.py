@@ -2,9 +2,14 @@
 
 Frames are encoded as they arrive, so memory does not grow with the video's length. The audio track is
 trimmed or zero-padded to exactly the video's duration (frames / fps) and interleaved with the video.
+The video is written under a temporary name beside the target and renamed only once it is complete: a failed or
+interrupted render leaves nothing behind, and a file the pack did not create is never deleted.
 """
 
+import logging
+import math
 import os
+import secrets
 from fractions import Fraction
 
 import av
@@ -14,8 +19,51 @@ from .audio import as_channels_samples, fps_fraction, resample, samples_for_fram
 from .image import to_uint8_frames
 from ..errors import EMOInputError
 
+logger = logging.getLogger(__name__)
+
 _H264 = ("libx264", "h264", "libopenh264")
 _AUDIO_CHUNK = 1024  # samples per AAC frame
+# File name endings the writer accepts -> the container it writes (H.264 + AAC fit each of them; webm does not).
+CONTAINERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}
+
+
+def container_format(path) -> str:
+    """The container for an output path, from its ending (.mp4, .m4v, .mov, .mkv); anything else is refused, so
+    that a video is never written under a name such as `speech.wav`."""
+    ext = os.path.splitext(os.fspath(path))[1].lower()
+    if ext in CONTAINERS:
+        return CONTAINERS[ext]
+    why = ("webm holds only VP8/VP9 video, and the pack writes H.264" if ext == ".webm"
+           else f"'{ext}' is not a video file ending" if ext else "it has no file ending")
+    raise EMOInputError(f"cannot write the video to {path}: {why}: name it .mp4 (or {', '.join(list(CONTAINERS)[1:])})")
+
+
+def check_output_path(out, inputs=()) -> None:
+    """Refuse an output path that would destroy an input or could not hold the video: not a video ending, an
+    existing folder, or the same file as (or a file inside) one of `inputs` (the picture, the track, pose files)."""
+    out = os.path.abspath(os.fspath(out))
+    if os.path.isdir(out):
+        raise EMOInputError(f"the output {out} is a folder: give a file name such as {os.path.join(out, 'video.mp4')}")
+    container_format(out)
+    for given in inputs:
+        if given is None or not isinstance(given, (str, os.PathLike)):
+            continue
+        path = os.path.abspath(os.fspath(given))
+        same = os.path.exists(out) and os.path.exists(path) and os.path.samefile(out, path)
+        if same or path == out or (os.path.isdir(path) and os.path.commonpath([path, out]) == path):
+            where = "inside the input folder" if os.path.isdir(path) and not same else "the same file as the input"
+            raise EMOInputError(f"the output {out} is {where} {given}: writing it would destroy an input; "
+                                "choose another output name")
+
+
+def free_name(path) -> str:
+    """`path` when nothing is there, else the first free `name_2.ext`, `name_3.ext`, ..."""
+    path = os.fspath(path)
+    stem, ext = os.path.splitext(path)
+    n = 2
+    while os.path.lexists(path):
+        path, n = f"{stem}_{n}{ext}", n + 1
+    return path
 
 
 def _h264_codec() -> str:
@@ -35,15 +83,24 @@ class VideoWriter:
     audio: `[channels, samples]` or `[samples]` float in [-1, 1] (1 or 2 channels kept, more are mixed to mono),
     sample_rate in Hz; crf: x264 quality (0 lossless .. 51 worst, 18 is visually lossless);
     metadata: string tags written into the container (e.g. {"comment": ..., "prompt": json}).
-    Odd width/height are padded to even by repeating the last row/column.
+    Odd width/height are padded to even by repeating the last row/column. The container follows the ending of
+    `path` (.mp4, .m4v, .mov, .mkv; others are refused).
+
+    Frames go to a hidden temporary file beside `path` (`.name.xxxx.part`); `close()` renames it to `path` once the
+    video is complete. overwrite=False: a file at `path` (one that appeared meanwhile, too) is kept and the video takes
+    the next free name (`name_2.mp4`; `self.path` says which); overwrite=True replaces it. An error or Ctrl-C inside the
+    `with` block (or `abort()`) deletes the temporary file and leaves `path` as it was.
 
         with VideoWriter("out.mp4", 25, audio=wav, sample_rate=16000) as w:
             for clip in clips:          # clip: [f, H, W, 3]
                 w.write(clip)
     """
 
-    def __init__(self, path, fps, audio=None, sample_rate=None, crf: int = 18, metadata: dict | None = None):
+    def __init__(self, path, fps, audio=None, sample_rate=None, crf: int = 18, metadata: dict | None = None,
+                 overwrite: bool = False):
         self.path = os.fspath(path)
+        self.overwrite = overwrite
+        fmt = container_format(self.path)
         self.fps = fps_fraction(fps)
         self.frames_written = 0
         self.size = None  # (width, height) of the frames given, before padding
@@ -61,13 +118,33 @@ class VideoWriter:
         parent = os.path.dirname(os.path.abspath(self.path))
         if not os.path.isdir(parent):
             raise EMOInputError(f"output folder does not exist: {parent}: create it or choose another path")
-        self.container = av.open(self.path, mode="w", format="mp4",
-                                 options={"movflags": "+faststart+use_metadata_tags"})
-        for key, value in (metadata or {}).items():
-            self.container.metadata[str(key)] = str(value)
+        if os.path.isdir(self.path):
+            raise EMOInputError(f"the output {self.path} is a folder: give a file name ending in .mp4")
+        self.container = None
+        self._tmp = self._reserve_temp(parent, os.path.basename(self.path))
+        try:
+            options = {"movflags": "+faststart+use_metadata_tags"} if fmt in ("mp4", "mov") else {}
+            self.container = av.open(self._tmp, mode="w", format=fmt, options=options)
+            for key, value in (metadata or {}).items():
+                self.container.metadata[str(key)] = str(value)
+        except BaseException:
+            self.abort()
+            raise
         self.video = None
         self.audio_stream = None
         self._audio_pos = 0  # samples of the (resampled) audio already sent to the encoder
+
+    @staticmethod
+    def _reserve_temp(folder: str, name: str) -> str:
+        """Create an empty, hidden, uniquely named file beside the target (so the final rename stays on one file
+        system) with the usual permissions (0666 less the umask), and return its path."""
+        while True:
+            tmp = os.path.join(folder, f".{name}.{secrets.token_hex(4)}.part")
+            try:
+                os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+                return tmp
+            except FileExistsError:
+                continue
 
     def _open_streams(self, width: int, height: int):
         self.video = self.container.add_stream(_h264_codec(), rate=self.fps)
@@ -136,24 +213,61 @@ class VideoWriter:
             self._write_audio(self._audio_samples_at(self.frames_written))
 
     def close(self):
-        """Flush the encoders; the audio track ends exactly at frames / fps. Closing twice is harmless."""
+        """Flush the encoders (the audio track ends exactly at frames / fps) and move the finished video to its
+        name. Without any frame nothing is written and EMOInputError is raised. Closing twice is harmless."""
         if self.container is None:
             return
         try:
-            if self.video is not None:
-                if self.audio is not None:
-                    self._write_audio(self._audio_samples_at(self.frames_written))
-                    for f in self._resampler.resample(None):
-                        self.container.mux(self.audio_stream.encode(f))
-                    self.container.mux(self.audio_stream.encode(None))
-                self.container.mux(self.video.encode(None))
-        finally:
+            if self.frames_written == 0:
+                raise EMOInputError(f"no frames were written to {self.path}: the video would be empty")
+            if self.audio is not None:
+                self._write_audio(self._audio_samples_at(self.frames_written))
+                for f in self._resampler.resample(None):
+                    self.container.mux(self.audio_stream.encode(f))
+                self.container.mux(self.audio_stream.encode(None))
+            self.container.mux(self.video.encode(None))
             self.container.close()
             self.container = None
-        if self.frames_written == 0:
-            if os.path.exists(self.path):
-                os.remove(self.path)
-            raise EMOInputError(f"no frames were written to {self.path}: the video would be empty")
+            self.path = self._publish()
+        except BaseException:
+            self.abort()
+            raise
+
+    def _publish(self) -> str:
+        """Move the complete temporary file to its name; returns the name it got."""
+        tmp, self._tmp = self._tmp, None
+        if self.overwrite:
+            os.replace(tmp, self.path)
+            return self.path
+        target = self.path
+        while True:
+            try:
+                os.link(tmp, target)  # fails, rather than replaces, when the name is taken
+                break
+            except FileExistsError:
+                target = free_name(target)
+            except OSError:  # a file system without hard links: check, then rename
+                target = free_name(target)
+                os.replace(tmp, target)
+                tmp = None
+                break
+        if tmp is not None:
+            os.remove(tmp)
+        if target != self.path:
+            logger.warning("%s exists and is kept; the video is %s", self.path, target)
+        return target
+
+    def abort(self):
+        """Drop the video being written: the temporary file is deleted, the target path is left as it was."""
+        container, self.container = self.container, None
+        if container is not None:
+            try:
+                container.close()
+            except Exception as e:  # a half-written container may fail to finalise: it is deleted anyway
+                logger.debug("closing the unfinished video %s failed: %s", self._tmp, e)
+        tmp, self._tmp = self._tmp, None
+        if tmp is not None and os.path.exists(tmp):
+            os.remove(tmp)
 
     def __enter__(self):
         return self
@@ -161,11 +275,12 @@ class VideoWriter:
     def __exit__(self, exc_type, exc, tb):
         if exc_type is None:
             self.close()
-        else:  # an error while rendering: finish what was written, keep the original error
-            try:
-                self.close()
-            except Exception:
-                pass
+        else:  # an error or Ctrl-C while rendering: nothing is kept, the original error propagates
+            self.abort()
+
+    def __del__(self):
+        if getattr(self, "_tmp", None) is not None:  # never closed (no `with`): leave no temporary file behind
+            self.abort()
 
 
 def probe(path) -> dict:

@@ -127,3 +127,112 @@ def test_memory_does_not_grow_with_length(tmp_path):
         grown = rss_mib() - before
     assert w.frames_written == 350
     assert grown < 10, f"RSS grew by {grown:.1f} MiB while writing 300 frames"
+
+
+# --- the user's files are never lost; a failed render leaves nothing behind -------------------------------------
+
+def leftovers(folder):
+    """Temporary files the writer left in `folder`."""
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".part"))
+
+
+@pytest.mark.parametrize("when", ["before the first frame", "after some frames"])
+@pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
+def test_failure_keeps_the_users_file(tmp_path, when, error):
+    """--overwrite and then an error or Ctrl-C: the file that was there is untouched, no temp file is left."""
+    path = tmp_path / "mine.mp4"
+    path.write_bytes(b"the user's own video")
+    with pytest.raises(error):
+        with VideoWriter(path, 25, audio=tone(1, 16000, 1), sample_rate=16000, overwrite=True) as w:
+            if when == "after some frames":
+                w.write(frames(5))
+            raise error()
+    assert path.read_bytes() == b"the user's own video"
+    assert leftovers(tmp_path) == []
+
+
+def test_failure_leaves_no_truncated_video(tmp_path):
+    path = tmp_path / "new.mp4"
+    with pytest.raises(RuntimeError):
+        with VideoWriter(path, 25) as w:
+            w.write(frames(5))
+            raise RuntimeError("the sampler failed")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_no_frames_keeps_the_users_file(tmp_path):
+    path = tmp_path / "mine.mp4"
+    path.write_bytes(b"the user's own video")
+    with pytest.raises(EMOInputError, match="no frames"):
+        VideoWriter(path, 25, overwrite=True).close()
+    assert path.read_bytes() == b"the user's own video"
+    assert leftovers(tmp_path) == []
+
+
+def test_video_appears_only_when_complete(tmp_path):
+    path = tmp_path / "out.mp4"
+    with VideoWriter(path, 25) as w:
+        w.write(frames(3))
+        assert not path.exists()  # still under the temporary name
+        assert len(leftovers(tmp_path)) == 1
+    assert probe(path)["frames"] == 3
+    assert leftovers(tmp_path) == []
+    assert oct(path.stat().st_mode & 0o777) == oct(0o666 & ~_umask())  # the usual permissions, not mkstemp's 0600
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_existing_file_kept_without_overwrite(tmp_path):
+    """A file at the name (made while the video was written, too) is kept; the video takes the next free name."""
+    path = tmp_path / "out.mp4"
+    with VideoWriter(path, 25) as w:
+        w.write(frames(3))
+        path.write_bytes(b"made meanwhile")
+    assert path.read_bytes() == b"made meanwhile"
+    assert w.path == str(tmp_path / "out_2.mp4") and probe(w.path)["frames"] == 3
+    with VideoWriter(path, 25, overwrite=True) as w:
+        w.write(frames(4))
+    assert w.path == str(path) and probe(path)["frames"] == 4
+
+
+@pytest.mark.parametrize("name,fmt", [("a.mov", "mov"), ("a.mkv", "matroska"), ("a.M4V", "mp4")])
+def test_other_containers(tmp_path, name, fmt):
+    with VideoWriter(tmp_path / name, 25, audio=tone(1, 16000, 1), sample_rate=16000) as w:
+        w.write(frames(3))
+    p = probe(tmp_path / name)
+    assert p["frames"] == 3 and p["audio_codec"] == "aac"
+    with av.open(str(tmp_path / name)) as c:
+        assert fmt in c.format.name.split(",")
+
+
+@pytest.mark.parametrize("name", ["speech_2.wav", "video.webm", "noending", "clip.png"])
+def test_non_video_name_refused(tmp_path, name):
+    with pytest.raises(EMOInputError, match=r"cannot write the video .* name it \.mp4"):
+        VideoWriter(tmp_path / name, 25)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_output_that_is_an_input_refused(tmp_path):
+    from emo_model.media.video import check_output_path
+    audio = tmp_path / "speech.mp4"  # a video with sound is a valid --audio
+    audio.write_bytes(b"track")
+    with pytest.raises(EMOInputError, match="same file as the input"):
+        check_output_path(audio, [tmp_path / "face.png", audio])
+    with pytest.raises(EMOInputError, match="same file as the input"):  # another spelling of the same path
+        check_output_path(tmp_path / "sub" / ".." / "speech.mp4", [audio])
+    (tmp_path / "sub").mkdir()
+    with pytest.raises(EMOInputError, match="same file as the input"):  # a link to it
+        os.symlink(audio, tmp_path / "sub" / "link.mp4")
+        check_output_path(tmp_path / "sub" / "link.mp4", [audio])
+    pose = tmp_path / "pose"
+    pose.mkdir()
+    with pytest.raises(EMOInputError, match="inside the input folder"):
+        check_output_path(pose / "out.mp4", [pose])
+    with pytest.raises(EMOInputError, match="is a folder"):
+        check_output_path(pose, [])
+    check_output_path(tmp_path / "out.mp4", [audio, pose])  # a fresh name is fine
+    assert audio.read_bytes() == b"track"
