@@ -1,11 +1,15 @@
 """Command line: `python -m emo_model render | make-tiny | convert | download`."""
 import argparse
+import logging
+import os
 import sys
 from pathlib import Path
 
 import torch
 
-from .errors import EMOError
+from .errors import EMOError, EMOInputError
+
+logger = logging.getLogger(__name__)
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -22,7 +26,81 @@ def _dtype(name: str, device: str):
     return DTYPES[name]
 
 
+class _Stderr(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time (as logging's own last-resort handler does)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
+class _Concise(logging.Formatter):
+    """`note: ...` for INFO, `warning: ...` / `error: ...` above: one line each, like the CLI's own messages."""
+
+    def format(self, record):
+        level = "note" if record.levelno <= logging.INFO else record.levelname.lower()
+        return f"{level}: {record.getMessage()}"
+
+
+def setup_logging() -> None:
+    """Show the pack's INFO lines (each fallback it takes, said once) on stderr; other libraries keep their own
+    settings. Safe to call more than once."""
+    pack = logging.getLogger(__package__)
+    if not any(getattr(h, "_emo_cli", False) for h in pack.handlers):
+        handler = _Stderr()
+        handler._emo_cli = True
+        handler.setFormatter(_Concise())
+        pack.addHandler(handler)
+    pack.setLevel(logging.INFO)
+
+
+def _existing(path, flag: str, what: str, folder_ok: bool = False) -> None:
+    """Refuse a missing input, or a folder where a file is expected, before anything slow happens."""
+    if os.path.isdir(path) and not folder_ok:
+        raise EMOInputError(f"{flag} {path} is a folder: give {what}")
+    if not os.path.exists(path):
+        raise EMOInputError(f"{flag} {path} not found: give {what}")
+
+
+def check_render_inputs(a) -> Path:
+    """Every path of `render` checked before the model is built (a typo costs no waiting); returns the output
+    path to write (the next free name when --out exists and --overwrite is not given)."""
+    from .faces.pose import HOW
+    from .media.audio import AUDIO_FORMATS
+    from .media.image import IMAGE_FORMATS
+    from .media.video import check_output_path, free_name
+    if a.image != "example":
+        _existing(a.image, "--image", f"one picture file ({IMAGE_FORMATS}), or 'example'")
+    _existing(a.audio, "--audio", f"one sound file ({AUDIO_FORMATS})")
+    if a.pose is not None:
+        _existing(a.pose, "--pose", HOW, folder_ok=True)
+    if a.detector_file is not None:
+        _existing(a.detector_file, "--detector-file", "the .onnx file of YuNet or SCRFD")
+    if a.model != "tiny-random":
+        _existing(a.model, "--model", "a model folder or file (README: 'Where model files go'), or 'tiny-random'",
+                  folder_ok=True)
+    check_output_path(a.out, [p for p in (a.image, a.audio, a.pose) if p != "example"])
+    out = Path(a.out)
+    if out.exists() and not a.overwrite:  # never replace a file the user has: take the next free name
+        out = Path(free_name(out))
+        logger.info("%s exists and is kept; writing %s (--overwrite replaces it)", a.out, out)
+    return out
+
+
+def _threads(model, device: str) -> None:
+    """CPU: a toy-size model (tiny-random) runs on one thread. Its ops are microseconds long, and splitting them
+    over cores costs more in waiting than it gives (benchmarks/README.md: 17x the CPU time on a busy 2-core
+    machine); real models keep torch's default."""
+    if device == "cpu" and sum(p.numel() for p in model.backbone.parameters()) < 5_000_000:
+        torch.set_num_threads(1)
+
+
 def cmd_render(a) -> int:
+    out = check_render_inputs(a)
     from tqdm import tqdm
 
     from .formats.load import load_model
@@ -31,25 +109,21 @@ def cmd_render(a) -> int:
     if device.startswith("cuda"):
         torch.backends.cudnn.benchmark = True  # fixed shapes clip after clip: let cuDNN pick its fastest kernels
     if a.model == "tiny-random":
-        print("note: --model tiny-random is a tiny model with random weights: the video is noise. It shows that "
-              "everything runs; use a real model (README, 'Where model files go') for a real result.", file=sys.stderr)
-    out = Path(a.out)
+        logger.info("--model tiny-random is a tiny model with random weights: the video is noise. It shows that "
+                    "everything runs; use a real model (README, 'Where model files go') for a real result.")
     out.parent.mkdir(parents=True, exist_ok=True)  # the folder the user named
-    if out.exists() and not a.overwrite:  # never replace a file the user has: take the next free name
-        kept, n = out, 2
-        while out.exists():
-            out, n = kept.with_name(f"{kept.stem}_{n}{kept.suffix}"), n + 1
-        print(f"note: {kept} exists and is kept; writing {out} (--overwrite replaces it)", file=sys.stderr)
     model = load_model(a.model, device=device, dtype=_dtype(a.dtype, device))
+    _threads(model, device)
     if a.compile:  # the first clip pays for compiling; worth it for long tracks on a GPU (see benchmarks/)
         model.backbone.compile()
         if model.vae is not None:
             model.vae.decoder.compile()
-    bar = tqdm(total=None, unit="step", desc="EMO", dynamic_ncols=True)
+    bar = None  # made at the first step, so that the notes printed before sampling are not cut by it
 
     def progress(p):
-        if bar.total != p.total_steps:
-            bar.total = p.total_steps
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=p.total_steps, unit="step", desc="EMO", dynamic_ncols=True)
         bar.set_postfix_str(f"clip {p.clip + 1}/{p.num_clips}")
         bar.update(p.step - bar.n)
 
@@ -59,9 +133,11 @@ def cmd_render(a) -> int:
                    motion_frames=a.motion_frames, framing=a.framing, detector=a.detector,
                    detector_file=a.detector_file, face_index=a.face_index, margin=a.margin,
                    whole_image=a.whole_image, identity=a.identity, pose=a.pose,
-                   region_weights=(a.pose_weight, a.face_weight, a.lip_weight), progress=progress)
+                   region_weights=(a.pose_weight, a.face_weight, a.lip_weight), progress=progress,
+                   overwrite=a.overwrite)
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
     w, h = s["size"]
     print(f"wrote {s['out']}: {s['frames']} frames at {float(s['fps']):.3f} fps ({s['duration']:.2f} s of audio), "
           f"{w}x{h}, in {s['seconds']:.1f} s")
@@ -90,7 +166,7 @@ def cmd_convert(a) -> int:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m emo_model", description="EMO talking-head video from a portrait and a track.")
-    sub = p.add_subparsers(dest="cmd", required=True)
+    sub = p.add_subparsers(dest="cmd", title="commands", metavar="COMMAND")
     r = sub.add_parser("render", help="render a video")
     r.add_argument("--image", required=True, help="portrait (any framing), or 'example' for scikit-image's astronaut")
     r.add_argument("--audio", required=True, help="speech or singing track (wav, mp3, flac, m4a, or a video with sound)")
@@ -140,8 +216,18 @@ def main(argv=None) -> int:
     from .download import add_parser as add_download  # the `download` subcommand lives in emo_model/download/
     add_download(sub)
     a = p.parse_args(argv)
+    if a.cmd is None:  # first contact: say what there is to do
+        p.print_help()
+        print("\nExample: python -m emo_model render --image example --audio examples/speech.wav --model tiny-random "
+              "--out out/example.mp4\nHelp on one command: python -m emo_model render --help")
+        return 2
+    setup_logging()
     try:
         return a.func(a)
     except EMOError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted" + (": no video was written, and a file already at --out is as it was"
+                               if a.cmd == "render" else ""), file=sys.stderr)
+        return 130

@@ -18,13 +18,13 @@ from .faces.pose import load_pose_frames
 from .media.image import example_portrait, load_image
 from .sampling.pipeline import EMOPipeline
 from .sampling.reference import prepare_reference
-from .media.video import VideoWriter
+from .media.video import VideoWriter, check_output_path
 
 
 def render(model, image, audio, out, *, steps=None, seed=0, fps=None, audio_cfg=None, ref_cfg=None, speed=None,
            frames_per_clip=None, motion_frames=None, framing="full", detector="auto", detector_file=None,
            face_index=0, margin=0.5, whole_image=False, face_mask=None, identity="auto", pose=None,
-           region_weights=(1.0, 1.0, 1.0), progress=None) -> dict:
+           region_weights=(1.0, 1.0, 1.0), progress=None, overwrite=False) -> dict:
     """model: a loaded EMOModel; image: path, "example" (scikit-image's astronaut) or uint8 [H, W, 3];
     audio: path or (waveform [channels, samples], sample_rate); out: the .mp4 to write. framing: "full" pastes the
     animated face back into the picture, "crop" writes the square crop. identity (Hallo): "auto" = ArcFace
@@ -33,7 +33,10 @@ def render(model, image, audio, out, *, steps=None, seed=0, fps=None, audio_cfg=
     (EchoMimic `_pose` models): EchoMimic's pose folder, a .npy of landmarks, a folder of drawn frames or a video of
     them (`pose_frames.load_pose_frames`). region_weights (Hallo): (pose, face, lip) weights of the audio in the
     background, face and lip regions. progress(SampleProgress) is called per step.
-    Returns a summary dict (frames, fps, seconds, size)."""
+    overwrite: replace a file at `out` (else it is kept and the video takes the next free name, `out_2.mp4`); the
+    video appears under its name only once complete, and a failed or interrupted render leaves nothing
+    (`media.video.VideoWriter`). Returns a summary dict (frames, fps, seconds, size, out: the path written)."""
+    check_output_path(out, [p for p in (image, audio, pose) if isinstance(p, (str, Path)) and p != "example"])
     pipe = EMOPipeline(model, offload_idle=model.device.type == "cuda")
     cfg = model.config
     picture = example_portrait() if isinstance(image, str) and image == "example" else (
@@ -59,7 +62,7 @@ def render(model, image, audio, out, *, steps=None, seed=0, fps=None, audio_cfg=
             match = fit_color_match(picture, clip[0], info)
         writer.write(paste_back(picture, clip, info, color_match=match))
 
-    with VideoWriter(out, enc_audio.fps, audio=wave, sample_rate=sr) as writer, ThreadPoolExecutor(1) as worker:
+    with VideoWriter(out, enc_audio.fps, audio=wave, sample_rate=sr, overwrite=overwrite) as writer, ThreadPoolExecutor(1) as worker:
         pending = deque()
         for clip in pipe.sample(enc_audio, ref, steps=steps, seed=seed, audio_cfg=audio_cfg, ref_cfg=ref_cfg,
                                 speed=speed, frames_per_clip=frames_per_clip, motion_frames=motion_frames,
@@ -72,5 +75,5 @@ def render(model, image, audio, out, *, steps=None, seed=0, fps=None, audio_cfg=
         frames = writer.frames_written
         size = writer.size
     return dict(frames=frames, fps=enc_audio.fps, seconds=time.perf_counter() - t0, size=size,
-                duration=enc_audio.duration, out=str(out))
+                duration=enc_audio.duration, out=writer.path)
 

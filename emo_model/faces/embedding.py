@@ -20,6 +20,7 @@ The files are Hallo's ``pretrained_models/face_analysis/models/glintr100.onnx`` 
 from __future__ import annotations
 
 import functools
+import logging
 import mmap
 from pathlib import Path
 
@@ -28,6 +29,8 @@ import numpy as np
 from ..errors import EMOCheckpointError, EMOInputError
 from ..media.image import to_rgb_uint8
 from .detect import DETECTOR_FILES, detect_faces, resolve_detector
+
+logger = logging.getLogger(__name__)
 
 # Hallo's model first: its imageproj was trained on glintr100 embeddings; w600k_r50 (buffalo_l) is another space.
 EMBEDDING_FILES = ("glintr100.onnx", "w600k_r50.onnx")
@@ -254,6 +257,11 @@ def identity_embedding(rgb, folders, face_index: int = 0) -> np.ndarray | None:
     any of the folders; None when no folder holds glintr100.onnx (the caller then uses Hallo's zero embedding)."""
     model = next((m for f in folders if (m := find_embedding_model(f, names=EMBEDDING_FILES[:1]))), None)
     if model is None:
+        logger.info("identity: no ArcFace model (glintr100.onnx) in %s, so Hallo's identity tokens come from a zero "
+                    "embedding, as Hallo's script does without a face embedding. For the face's own, put "
+                    "glintr100.onnx and scrfd_10g_bnkps.onnx (Hallo's pretrained_models/face_analysis/models/) "
+                    "beside the checkpoint or in models/emo/face_analysis/",
+                    ", ".join(str(f) for f in folders) or "no folder")
         return None
     det = find_keypoint_detector(model.parent) or next(
         (d for f in folders if (d := find_keypoint_detector(f))), None)

@@ -16,11 +16,13 @@ Native format (a folder):
 import dataclasses
 import functools
 import json
+import logging
 import shutil
 import tempfile
 from pathlib import Path
 
 import torch
+import diffusers.utils
 from diffusers import AutoencoderKL
 from safetensors.torch import save_file
 
@@ -29,6 +31,8 @@ from ..errors import EMOCheckpointError, EMOInputError
 from ..models.model import EMOModel
 from .common import audio_module_widths, load_strict
 from .safe_load import load_tensors, strip_prefix
+
+logger = logging.getLogger(__name__)
 
 NATIVE = "emo-native"
 SD_VAE_CONFIG = Path(__file__).parent / "configs" / "sd-vae"  # SD1.5's vae/config.json, for single-file VAEs offline
@@ -158,7 +162,9 @@ def _load_vae(path: Path) -> AutoencoderKL:
             raise EMOCheckpointError(f"could not read the VAE file {path} ({reason}): {hint}") from e
     if not (path / "config.json").is_file():
         raise EMOCheckpointError(f"VAE folder {path} has no config.json: use sd-vae-ft-mse (diffusers layout)")
-    return AutoencoderKL.from_pretrained(str(path), local_files_only=True)
+    # without accelerate, diffusers' default low_cpu_mem_usage=True only prints advice: ask for what it does anyway
+    return AutoencoderKL.from_pretrained(str(path), local_files_only=True,
+                                         low_cpu_mem_usage=diffusers.utils.is_accelerate_available())
 
 
 def _load_audio_encoder(path: Path, kind: str):
@@ -183,8 +189,10 @@ def _load_native(folder: Path, vae_path=None, audio_encoder_path=None) -> EMOMod
         if required not in parts:
             raise EMOCheckpointError(f"{folder} is missing {required}.safetensors: the native format needs it "
                                      "(copy the whole model folder again)")
-    if config.speed and "speed_layers" not in parts:
-        config.speed = None  # a checkpoint without speed layers runs without them
+    if config.speed and "speed_layers" not in parts:  # the model is built without them; config.json is as it was
+        logger.info("%s: config.json describes speed layers but speed_layers.safetensors is missing: the model runs "
+                    "without them, so the head-motion speed setting has no effect", folder)
+        config = dataclasses.replace(config, speed=None)
     model = EMOModel(config, audio_module_widths(parts["backbone"]))
     backbone = dict(parts["backbone"])
     if "speed_layers" in parts:
@@ -336,12 +344,20 @@ def _copy(src: Path, dst: Path) -> None:
     dst.mkdir(parents=True, exist_ok=True)
 
 
-def tiny_config() -> EMOConfig:
-    """The real architecture at toy size (widths 32, one layer per block): for tests and trying the nodes."""
+# `--model tiny-random` (the README's first command): the tiny model with its own sampling defaults, so that a new
+# user sees a video within about 30 s on 2 CPU cores. A toy model's time goes into per-call overhead, not arithmetic:
+# clips of 24 frames instead of 4 cut the number of backbone and ReferenceNet calls 5x, and 2 steps show the sampler
+# loop (benchmarks/README.md has the profile).
+TINY_RANDOM = dict(frames_per_clip=24, steps=2)
+
+
+def tiny_config(**settings) -> EMOConfig:
+    """The real architecture at toy size (widths 32, one layer per block): for tests and trying the nodes.
+    settings: EMOConfig fields to change (e.g. frames_per_clip, steps)."""
     from ..config import SD15_UNET
     unet = dict(SD15_UNET, block_out_channels=[32, 32, 32, 32], layers_per_block=1, norm_num_groups=8,
                 cross_attention_dim=32, sample_size=8)
-    return EMOConfig(
+    config = EMOConfig(
         kind="native", resolution=64, unet=unet, cross_attention="identity",
         audio_attention=dict(audio_dim=32, regions=False, heads=8), temporal=dict(heads=8, max_len=32, plain_blocks=True),
         frames_per_clip=4, motion_frames=2, identity=dict(embed_dim=16, tokens=2),
@@ -350,6 +366,7 @@ def tiny_config() -> EMOConfig:
         audio_projection=dict(seq_len=5, blocks=2, channels=32, intermediate_dim=64, output_dim=32, context_tokens=4),
         speed=dict(centers=[-1.0, 0.0, 1.0, 2.0], radii=[1.0, 1.0, 1.0, 1.0], window=2, dim=32, hidden=32),
         steps=4, audio_cfg=2.0, ref_cfg=1.5, fps=25.0, speed_value=1.0)
+    return dataclasses.replace(config, **settings)
 
 
 @functools.lru_cache(maxsize=1)
@@ -357,21 +374,22 @@ def _tiny_folder() -> Path:
     """One tiny random model per process, in a temporary folder removed when the process ends."""
     tmp = tempfile.TemporaryDirectory(prefix="emo-tiny-")
     _TINY_DIRS.append(tmp)  # kept alive (and its folder on disk) until exit
-    return make_tiny(Path(tmp.name))
+    return make_tiny(Path(tmp.name), **TINY_RANDOM)
 
 
 _TINY_DIRS: list = []
 
 
-def make_tiny(folder, seed: int = 0) -> Path:
-    """Writes a tiny random model in the native format (with a tiny VAE and wav2vec2) to `folder`. The same seed gives
-    the same files; the caller's torch random state is left as it was (a local generator, a forked RNG)."""
+def make_tiny(folder, seed: int = 0, **settings) -> Path:
+    """Writes a tiny random model in the native format (with a tiny VAE and wav2vec2) to `folder`; settings: EMOConfig
+    fields to change (the weights do not depend on them). The same seed gives the same files; the caller's torch random
+    state is left as it was (a local generator, a forked RNG)."""
     from ..audio.wav2vec2 import Wav2VecAudioEncoder, make_tiny_wav2vec
     folder = Path(folder)
     gen = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):  # building (and loading) modules draws from the global RNG: restored
         torch.manual_seed(seed)  # the modules' own init (replaced below, but for the VAE) is reproducible too
-        model = EMOModel(tiny_config())
+        model = EMOModel(tiny_config(**settings))
         for m in model.modules():  # zero-initialised layers would hide wiring errors in tests: randomise everything
             for name, p in m.named_parameters(recurse=False):
                 if p.ndim >= 2:
