@@ -257,11 +257,11 @@ def identity_embedding(rgb, folders, face_index: int = 0) -> np.ndarray | None:
     any of the folders; None when no folder holds glintr100.onnx (the caller then uses Hallo's zero embedding)."""
     model = next((m for f in folders if (m := find_embedding_model(f, names=EMBEDDING_FILES[:1]))), None)
     if model is None:
-        logger.info("identity: no ArcFace model (glintr100.onnx) in %s, so Hallo's identity tokens come from a zero "
-                    "embedding, as Hallo's script does without a face embedding. For the face's own, put "
+        where = f" in {', '.join(str(f) for f in folders)}" if folders else ""
+        logger.info("identity: no ArcFace model (glintr100.onnx) found%s: Hallo's identity tokens use a zero "
+                    "embedding (what Hallo's script does without one). For the face's own embedding, put "
                     "glintr100.onnx and scrfd_10g_bnkps.onnx (Hallo's pretrained_models/face_analysis/models/) "
-                    "beside the checkpoint or in models/emo/face_analysis/",
-                    ", ".join(str(f) for f in folders) or "no folder")
+                    "beside the checkpoint or in models/emo/face_analysis/", where)
         return None
     det = find_keypoint_detector(model.parent) or next(
         (d for f in folders if (d := find_keypoint_detector(f))), None)
