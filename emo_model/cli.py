@@ -171,8 +171,9 @@ def main(argv=None) -> int:
     r.add_argument("--image", required=True, help="portrait (any framing), or 'example' for scikit-image's astronaut")
     r.add_argument("--audio", required=True, help="speech or singing track (wav, mp3, flac, m4a, or a video with sound)")
     r.add_argument("--model", required=True, help="model folder or file (native, Hallo, EchoMimic) or 'tiny-random'")
-    r.add_argument("--out", required=True, help="the .mp4 to write (its folder is created; an existing file is kept "
-                                                "and the video gets the next free name, unless --overwrite)")
+    r.add_argument("--out", required=True, help="the .mp4 to write (.m4v, .mov, .mkv also work; its folder is "
+                                                "created; an existing file is kept and the video gets the next free "
+                                                "name, unless --overwrite; an input is never overwritten)")
     r.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     r.add_argument("--steps", type=int, help="denoising steps (default: the checkpoint's)")
     r.add_argument("--seed", type=int, default=0)

@@ -50,10 +50,12 @@ def check_output_path(out, inputs=()) -> None:
             continue
         path = os.path.abspath(os.fspath(given))
         same = os.path.exists(out) and os.path.exists(path) and os.path.samefile(out, path)
-        if same or path == out or (os.path.isdir(path) and os.path.commonpath([path, out]) == path):
-            where = "inside the input folder" if os.path.isdir(path) and not same else "the same file as the input"
-            raise EMOInputError(f"the output {out} is {where} {given}: writing it would destroy an input; "
-                                "choose another output name")
+        if same or path == out:
+            raise EMOInputError(f"the output {out} is the same file as the input {given}: writing it would destroy "
+                                "the input; choose another output name")
+        if os.path.isdir(path) and os.path.commonpath([path, out]) == path:
+            raise EMOInputError(f"the output {out} is inside the input folder {given}: it would be taken for one of "
+                                "its files next time; choose a name outside it")
 
 
 def free_name(path) -> str:
@@ -71,7 +73,7 @@ def _h264_codec() -> str:
         try:
             av.Codec(name, "w")
             return name
-        except Exception:  # unknown codec: try the next one
+        except ValueError:  # av's UnknownCodecError: this build lacks it, try the next one
             continue
     raise EMOInputError("this PyAV build has no H.264 encoder (libx264, libopenh264): install the `av` wheel from PyPI")
 
