@@ -2,6 +2,7 @@
 import argparse
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -223,6 +224,7 @@ def main(argv=None) -> int:
               "--out out/example.mp4\nHelp on one command: python -m emo_model render --help")
         return 2
     setup_logging()
+    previous = signal.signal(signal.SIGTERM, _terminate)  # `kill` cleans up like Ctrl-C (no temporary file left)
     try:
         return a.func(a)
     except EMOError as e:
@@ -232,3 +234,9 @@ def main(argv=None) -> int:
         print("interrupted" + (": no video was written, and a file already at --out is as it was"
                                if a.cmd == "render" else ""), file=sys.stderr)
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _terminate(signum, frame):
+    raise KeyboardInterrupt

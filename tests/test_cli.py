@@ -141,3 +141,27 @@ def test_render_keeps_or_replaces_and_says_why(tmp_path, tiny_dir, speech, capfd
     assert "accelerate" not in err
     assert main(render_args(tiny_dir, speech, out, "--overwrite")) == 0
     assert probe(out)["frames"] == 8 and leftovers(tmp_path) == []
+
+
+def test_kill_leaves_no_temporary_file(tmp_path, tiny_dir):
+    """SIGTERM (`kill`, a closed terminal's supervisor) cleans up like Ctrl-C: the user's file stays, no .part."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    wav = os.path.join(ROOT, "examples", "speech.wav")  # 7.6 s: long enough to be caught while writing
+    out = tmp_path / "mine.mp4"
+    out.write_bytes(b"the user's video")
+    proc = subprocess.Popen([sys.executable, "-m", "emo_model", *render_args(tiny_dir, wav, out, "--overwrite")],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 600
+        while not leftovers(tmp_path) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert leftovers(tmp_path), "the render ended before it was writing"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and "interrupted: no video was written" in err
+    assert out.read_bytes() == b"the user's video" and leftovers(tmp_path) == []
