@@ -220,7 +220,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     if a.cmd is None:  # first contact: say what there is to do
         p.print_help()
-        print("\nExample: python -m emo_model render --image example --audio examples/speech.wav --model tiny-random "
+        print("\nExample: python -m emo_model render --image example --audio assets/speech.wav --model tiny-random "
               "--out out/example.mp4\nHelp on one command: python -m emo_model render --help")
         return 2
     setup_logging()
