@@ -1,0 +1,1 @@
+"""Training: data preparation (`prepare-data`), datasets, the three EMO stages, the learning check."""
