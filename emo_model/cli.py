@@ -217,6 +217,8 @@ def main(argv=None) -> int:
     c.set_defaults(func=cmd_convert)
     from .download import add_parser as add_download  # the `download` subcommand lives in emo_model/download/
     add_download(sub)
+    from .train.prepare import add_parser as add_prepare_data
+    add_prepare_data(sub)
     a = p.parse_args(argv)
     if a.cmd is None:  # first contact: say what there is to do
         p.print_help()

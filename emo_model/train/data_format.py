@@ -4,11 +4,11 @@ Layout of a DATA folder (no pickles anywhere: JSON, JSON lines, safetensors, mp4
 
     DATA/format.json       {"format": "emo-train-data", "version": 1, "fps": 25, "resolution": 512,
                             "sample_rate": 16000, "whole_frame": false, "detector": "lbp",
-                            "margin": 0.5, "speed_method": "keypoints" | "box-motion" | "mixed"}
+                            "margin": 0.5, "speed_method": "keypoints" | "flow"}
     DATA/index.jsonl       one line per usable video, written only once every file of that video is complete:
                            {"name": NAME, "frames": "clips/NAME/frames.mp4", "audio": "clips/NAME/audio.safetensors",
                             "meta": "clips/NAME/meta.safetensors", "num_frames": T, "fps": 25,
-                            "source": "original/file/name.mp4", "speed_method": "keypoints" | "box-motion",
+                            "source": "original/file/name.mp4", "speed_method": "keypoints" | "flow",
                             "identity": true | false}
     DATA/report.jsonl      one line per skipped video: {"video": "file name", "reason": "..."}
     DATA/clips/NAME/frames.mp4
@@ -86,7 +86,7 @@ class DataFormat:
     whole_frame: bool = False
     detector: str = "auto"
     margin: float = 0.5
-    speed_method: str = "mixed"
+    speed_method: str = "flow"
     extra: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:

@@ -1,0 +1,103 @@
+"""Head-rotation speed in degrees per frame (EMO's speed signal) from the face's frame-to-frame motion.
+
+EMO takes "rotational degrees between successive frames" of a 6-DoF head pose from landmarks. Here the rotation
+between two frames is fitted directly to the motion of points on the face, with the head modelled as a sphere:
+
+* points: the 5 detector keypoints (eyes, nose, mouth corners) when the detector gives them in both frames
+  (YuNet, SCRFD), else up to 120 corners inside the face box (``cv2.goodFeaturesToTrack``) tracked into the next
+  frame by pyramidal Lucas-Kanade (``cv2.calcOpticalFlowPyrLK``), kept when tracking back lands within 1 px;
+* model: a point (x, y) relative to the face-box centre sits on a sphere of radius r = half the box's larger side,
+  depth z = sqrt(max(r^2 - x^2 - y^2, (0.3 r)^2)); a small rotation w (radians) plus a translation t moves it by
+  dx = t_x + w_y z - w_z y,  dy = t_y - w_x z + w_z x  (orthographic projection). (t, w) is the least-squares fit
+  (a light ridge on w_x, w_y keeps turning apart from sliding when the points' depths hardly differ), refitted
+  twice without points whose residual is over 3x the median;
+* speed = |w| in degrees, for frame i the rotation from frame i-1 to i (speed[0] = speed[1]); frames with fewer
+  than 4 usable points take the neighbours' value; then a 5-frame median filter (training.md §5: labels are noisy).
+
+In-plane rotation (roll) is measured exactly; turning (yaw, pitch) is measured as well as the sphere fits the face.
+Scale changes (zoom) are not rotation and are not modelled: they end up in the residual.
+"""
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+from scipy.ndimage import median_filter
+
+MIN_POINTS = 4
+MEDIAN = 5  # frames
+
+
+def fit_rotation(p0: np.ndarray, p1: np.ndarray, center, radius: float, ridge: float = 0.05) -> tuple[float, int]:
+    """Rotation angle (degrees) that moves points p0 -> p1 ([N, 2] pixels) on a sphere at `center` of `radius` px,
+    and the number of points used; (nan, 0) when fewer than MIN_POINTS."""
+    p0, p1 = np.asarray(p0, np.float64).reshape(-1, 2), np.asarray(p1, np.float64).reshape(-1, 2)
+    keep = np.ones(len(p0), bool)
+    w = np.zeros(5)
+    for _ in range(3):
+        if keep.sum() < MIN_POINTS:
+            return float("nan"), 0
+        q = p0[keep] - np.asarray(center, np.float64)
+        v = p1[keep] - p0[keep]
+        z = np.sqrt(np.maximum(radius ** 2 - (q ** 2).sum(1), (0.3 * radius) ** 2))
+        n = len(q)
+        A = np.zeros((2 * n, 5))
+        A[:n, 0], A[:n, 3], A[:n, 4] = 1, z, -q[:, 1]
+        A[n:, 1], A[n:, 2], A[n:, 4] = 1, -z, q[:, 0]
+        b = np.concatenate([v[:, 0], v[:, 1]])
+        lam = ridge * n * radius ** 2
+        reg = np.diag([0, 0, lam, lam, 0])
+        w = np.linalg.solve(A.T @ A + reg + 1e-9 * np.eye(5), A.T @ b)
+        res = np.hypot(*(A @ w - b).reshape(2, n))
+        med = np.median(res)
+        new = np.zeros(len(p0), bool)
+        new[np.flatnonzero(keep)[res <= max(3 * med, 0.05)]] = True
+        if new.sum() == keep.sum():
+            break
+        keep = new
+    return math.degrees(float(np.linalg.norm(w[2:]))), int(keep.sum())
+
+
+def track_points(gray0: np.ndarray, gray1: np.ndarray, box) -> tuple[np.ndarray, np.ndarray]:
+    """Corners inside `box` (x0, y0, x1, y1) of uint8 `gray0` [H, W] and where they are in `gray1`:
+    ([N, 2], [N, 2]) pixels, forward-backward checked."""
+    h, w = gray0.shape
+    x0, y0, x1, y1 = (int(round(v)) for v in box)
+    mask = np.zeros((h, w), np.uint8)
+    mask[max(0, y0):min(h, y1), max(0, x0):min(w, x1)] = 255
+    pts = cv2.goodFeaturesToTrack(gray0, maxCorners=120, qualityLevel=0.01, minDistance=2, mask=mask, blockSize=3)
+    if pts is None or len(pts) < MIN_POINTS:
+        return np.zeros((0, 2)), np.zeros((0, 2))
+    lk = dict(winSize=(9, 9), maxLevel=2, criteria=(cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 0.01))
+    nxt, st, _ = cv2.calcOpticalFlowPyrLK(gray0, gray1, pts, None, **lk)
+    back, st2, _ = cv2.calcOpticalFlowPyrLK(gray1, gray0, nxt, None, **lk)
+    ok = (st[:, 0] == 1) & (st2[:, 0] == 1) & (np.linalg.norm((back - pts)[:, 0], axis=1) < 1.0)
+    return pts[ok, 0].astype(np.float64), nxt[ok, 0].astype(np.float64)
+
+
+def head_speed(grays, boxes, keypoints=None) -> np.ndarray:
+    """Head rotation speed, degrees per frame, float32 [T].
+
+    grays: T uint8 [H, W] frames (one size); boxes: [T, 4] face boxes (x0, y0, x1, y1) in those frames' pixels;
+    keypoints: optional [T, 5, 2] detector keypoints in the same pixels (nan where a frame has none)."""
+    T = len(grays)
+    boxes = np.asarray(boxes, np.float64)
+    raw = np.full(T, np.nan)
+    for i in range(1, T):
+        b = boxes[i - 1]
+        center = ((b[0] + b[2]) / 2, (b[1] + b[3]) / 2)
+        radius = max(b[2] - b[0], b[3] - b[1]) / 2
+        if keypoints is not None and np.isfinite(keypoints[i - 1]).all() and np.isfinite(keypoints[i]).all():
+            p0, p1 = keypoints[i - 1], keypoints[i]
+        else:
+            p0, p1 = track_points(grays[i - 1], grays[i], b)
+        raw[i], _ = fit_rotation(p0, p1, center, radius)
+    if T > 1:
+        raw[0] = raw[1]
+    good = np.isfinite(raw)
+    if not good.any():
+        return np.zeros(T, np.float32)
+    idx = np.arange(T)
+    raw = np.interp(idx, idx[good], raw[good])
+    return median_filter(raw, size=min(MEDIAN, T), mode="nearest").astype(np.float32)
