@@ -4,13 +4,15 @@ EMO takes "rotational degrees between successive frames" of a 6-DoF head pose fr
 between two frames is fitted directly to the motion of points on the face, with the head modelled as a sphere:
 
 * points: the 5 detector keypoints (eyes, nose, mouth corners) when the detector gives them in both frames
-  (YuNet, SCRFD), else up to 120 corners inside the face box (``cv2.goodFeaturesToTrack``) tracked into the next
+  (YuNet, SCRFD), else up to 120 corners inside the face box but away from the mouth (`mouth_zone`: an opening
+  mouth would read as a nodding head) (``cv2.goodFeaturesToTrack``) tracked into the next
   frame by pyramidal Lucas-Kanade (``cv2.calcOpticalFlowPyrLK``), kept when tracking back lands within 1 px;
 * model: a point (x, y) relative to the face-box centre sits on a sphere of radius r = half the box's larger side,
   depth z = sqrt(max(r^2 - x^2 - y^2, (0.3 r)^2)); a small rotation w (radians) plus a translation t moves it by
   dx = t_x + w_y z - w_z y,  dy = t_y - w_x z + w_z x  (orthographic projection). (t, w) is the least-squares fit
-  (a light ridge on w_x, w_y keeps turning apart from sliding when the points' depths hardly differ), refitted
-  twice without points whose residual is over 3x the median;
+  (a light ridge on w_x, w_y), refitted twice without points whose residual is over 3x the median; turning
+  (w_x, w_y) is kept only when the fit leaves under TURN_EVIDENCE of the squared residual of an in-plane fit
+  (t_x, t_y, w_z): with points of similar depth, tracking noise alone would read as turning;
 * speed = |w| in degrees, for frame i the rotation from frame i-1 to i (speed[0] = speed[1]); frames with fewer
   than 4 usable points take the neighbours' value; then a 5-frame median filter (training.md §5: labels are noisy).
 
@@ -27,45 +29,60 @@ from scipy.ndimage import median_filter
 
 MIN_POINTS = 4
 MEDIAN = 5  # frames
+TURN_EVIDENCE = 0.6  # the full fit must leave under this fraction of the in-plane fit's squared residual
 
 
-def fit_rotation(p0: np.ndarray, p1: np.ndarray, center, radius: float, ridge: float = 0.05) -> tuple[float, int]:
+def fit_rotation(p0: np.ndarray, p1: np.ndarray, center, radius: float, ridge: float = 2e-4) -> tuple[float, int]:
     """Rotation angle (degrees) that moves points p0 -> p1 ([N, 2] pixels) on a sphere at `center` of `radius` px,
     and the number of points used; (nan, 0) when fewer than MIN_POINTS."""
     p0, p1 = np.asarray(p0, np.float64).reshape(-1, 2), np.asarray(p1, np.float64).reshape(-1, 2)
     keep = np.ones(len(p0), bool)
-    w = np.zeros(5)
     for _ in range(3):
         if keep.sum() < MIN_POINTS:
             return float("nan"), 0
-        q = p0[keep] - np.asarray(center, np.float64)
-        v = p1[keep] - p0[keep]
-        z = np.sqrt(np.maximum(radius ** 2 - (q ** 2).sum(1), (0.3 * radius) ** 2))
-        n = len(q)
-        A = np.zeros((2 * n, 5))
-        A[:n, 0], A[:n, 3], A[:n, 4] = 1, z, -q[:, 1]
-        A[n:, 1], A[n:, 2], A[n:, 4] = 1, -z, q[:, 0]
-        b = np.concatenate([v[:, 0], v[:, 1]])
+        A, b = _system(p0[keep], p1[keep], center, radius)
+        n = len(b) // 2
         lam = ridge * n * radius ** 2
-        reg = np.diag([0, 0, lam, lam, 0])
-        w = np.linalg.solve(A.T @ A + reg + 1e-9 * np.eye(5), A.T @ b)
+        w = np.linalg.solve(A.T @ A + np.diag([0, 0, lam, lam, 0]) + 1e-9 * np.eye(5), A.T @ b)
         res = np.hypot(*(A @ w - b).reshape(2, n))
-        med = np.median(res)
         new = np.zeros(len(p0), bool)
-        new[np.flatnonzero(keep)[res <= max(3 * med, 0.05)]] = True
-        if new.sum() == keep.sum():
+        new[np.flatnonzero(keep)[res <= max(3 * np.median(res), 0.05)]] = True
+        if new.sum() == keep.sum() or new.sum() < MIN_POINTS:
             break
         keep = new
+    # turning (w_x, w_y) only when it explains clearly more than in-plane rotation + sliding does: with points of
+    # similar depth, tracking noise alone would otherwise read as turning
+    rss5 = float(((A @ w - b) ** 2).sum())
+    A3 = A[:, [0, 1, 4]]
+    w3 = np.linalg.lstsq(A3, b, rcond=None)[0]
+    rss3 = float(((A3 @ w3 - b) ** 2).sum())
+    if rss5 > TURN_EVIDENCE * rss3:
+        return math.degrees(abs(float(w3[2]))), int(keep.sum())
     return math.degrees(float(np.linalg.norm(w[2:]))), int(keep.sum())
 
 
-def track_points(gray0: np.ndarray, gray1: np.ndarray, box) -> tuple[np.ndarray, np.ndarray]:
-    """Corners inside `box` (x0, y0, x1, y1) of uint8 `gray0` [H, W] and where they are in `gray1`:
-    ([N, 2], [N, 2]) pixels, forward-backward checked."""
+def _system(p0, p1, center, radius):
+    """Least-squares system A [2N, 5] (t_x, t_y, w_x, w_y, w_z), b [2N] of the sphere model."""
+    q = p0 - np.asarray(center, np.float64)
+    v = p1 - p0
+    z = np.sqrt(np.maximum(radius ** 2 - (q ** 2).sum(1), (0.3 * radius) ** 2))
+    n = len(q)
+    A = np.zeros((2 * n, 5))
+    A[:n, 0], A[:n, 3], A[:n, 4] = 1, z, -q[:, 1]
+    A[n:, 1], A[n:, 2], A[n:, 4] = 1, -z, q[:, 0]
+    return A, np.concatenate([v[:, 0], v[:, 1]])
+
+
+def track_points(gray0: np.ndarray, gray1: np.ndarray, box, exclude=None) -> tuple[np.ndarray, np.ndarray]:
+    """Corners inside `box` (x0, y0, x1, y1) of uint8 `gray0` [H, W], outside the box `exclude` (the mouth: it
+    moves by itself), and where they are in `gray1`: ([N, 2], [N, 2]) pixels, forward-backward checked."""
     h, w = gray0.shape
     x0, y0, x1, y1 = (int(round(v)) for v in box)
     mask = np.zeros((h, w), np.uint8)
     mask[max(0, y0):min(h, y1), max(0, x0):min(w, x1)] = 255
+    if exclude is not None:
+        a0, b0, a1, b1 = (int(round(v)) for v in exclude)
+        mask[max(0, b0):max(0, b1), max(0, a0):max(0, a1)] = 0
     pts = cv2.goodFeaturesToTrack(gray0, maxCorners=120, qualityLevel=0.01, minDistance=2, mask=mask, blockSize=3)
     if pts is None or len(pts) < MIN_POINTS:
         return np.zeros((0, 2)), np.zeros((0, 2))
@@ -76,11 +93,20 @@ def track_points(gray0: np.ndarray, gray1: np.ndarray, box) -> tuple[np.ndarray,
     return pts[ok, 0].astype(np.float64), nxt[ok, 0].astype(np.float64)
 
 
-def head_speed(grays, boxes, keypoints=None) -> np.ndarray:
+def mouth_zone(lip_box) -> tuple[float, float, float, float]:
+    """Where tracked points are not taken: the lip box (x0, y0, x1, y1) grown 1.5x across and 2.5x down/up."""
+    x0, y0, x1, y1 = lip_box
+    cx, cy, hw, hh = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) * 0.75, (y1 - y0) * 1.25
+    return cx - hw, cy - hh, cx + hw, cy + hh
+
+
+def head_speed(grays, boxes, keypoints=None, lip_boxes=None) -> np.ndarray:
     """Head rotation speed, degrees per frame, float32 [T].
 
     grays: T uint8 [H, W] frames (one size); boxes: [T, 4] face boxes (x0, y0, x1, y1) in those frames' pixels;
-    keypoints: optional [T, 5, 2] detector keypoints in the same pixels (nan where a frame has none)."""
+    keypoints: optional [T, 5, 2] detector keypoints in the same pixels (nan where a frame has none);
+    lip_boxes: optional [T, 4] mouth boxes: no points are tracked in `mouth_zone` of them (a talking mouth is not
+    a turning head)."""
     T = len(grays)
     boxes = np.asarray(boxes, np.float64)
     raw = np.full(T, np.nan)
@@ -91,7 +117,8 @@ def head_speed(grays, boxes, keypoints=None) -> np.ndarray:
         if keypoints is not None and np.isfinite(keypoints[i - 1]).all() and np.isfinite(keypoints[i]).all():
             p0, p1 = keypoints[i - 1], keypoints[i]
         else:
-            p0, p1 = track_points(grays[i - 1], grays[i], b)
+            ex = None if lip_boxes is None else mouth_zone(lip_boxes[i - 1])
+            p0, p1 = track_points(grays[i - 1], grays[i], b, ex)
         raw[i], _ = fit_rotation(p0, p1, center, radius)
     if T > 1:
         raw[0] = raw[1]

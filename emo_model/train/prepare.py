@@ -96,7 +96,7 @@ class Preparer:
         self.detector_file, self.threshold = detector_file, threshold
         self.min_frames, self.identity_model = min_frames, identity_model
         self.kind = None if f.whole_frame else resolve_detector(f.detector, detector_file)[0]
-        self.detect_every = detect_every or (4 if self.kind == "lbp" else 1)
+        self.detect_every = detect_every or (10 if self.kind == "lbp" else 1)
 
     # -- steps -------------------------------------------------------------------------------------------------
     def _audio(self, video: Path, start: float, num_frames: int) -> np.ndarray:
@@ -175,7 +175,7 @@ class Preparer:
         if kps_src is not None:
             x0, y0, _ = cinfo.box
             kps_crop = (kps_src - (x0, y0)) * cinfo.scale * s
-        speed = head_speed(grays, face_boxes * s, kps_crop)
+        speed = head_speed(grays, face_boxes * s, kps_crop, lip_boxes * s)
         tensors = {"face_box": torch.from_numpy(face_boxes), "lip_box": torch.from_numpy(lip_boxes),
                    "face_mask": torch.from_numpy((mask > 0.5).astype(np.uint8)), "speed": torch.from_numpy(speed)}
         ident = self._identity(mid)
@@ -290,7 +290,6 @@ def cmd_prepare_data(a) -> int:
                      detector_file=a.detector_file, whole_frame=a.whole_frame, margin=a.margin,
                      min_frames=a.min_frames, detect_every=a.detect_every, identity_model=a.identity_model)
     if a.model:
-        from .audio_cache import cache_audio_features
         cache_audio_features(a.data, a.model)
     print(f"prepared {len(s['done'])} video(s) into {a.data} ({s['kept']} already there, {len(s['skipped'])} "
           f"skipped{': see ' + str(Path(a.data) / fmt.REPORT_FILE) if s['skipped'] else ''})")
@@ -311,7 +310,24 @@ def add_parser(sub) -> None:
     p.add_argument("--margin", type=float, default=DEFAULT_MARGIN,
                    help="space around the face's union box in the crop, as a fraction of the face size")
     p.add_argument("--min-frames", type=int, default=16, help="skip videos shorter than this (default one clip: 16)")
-    p.add_argument("--detect-every", type=int, help="run the detector on every Nth frame (default 4 for lbp, else 1)")
+    p.add_argument("--detect-every", type=int, help="run the detector on every Nth frame (default 10 for lbp, else 1)")
     p.add_argument("--identity-model", help="folder with ArcFace glintr100.onnx: store an identity embedding per video")
     p.add_argument("--model", help="also compute and cache the audio features of this model's audio encoder")
     p.set_defaults(func=cmd_prepare_data)
+
+
+def cache_audio_features(data, model, device: str = "cpu") -> int:
+    """`--model`: compute and cache the audio features of every clip in DATA with `model`'s own encoder (the
+    trainer's `audio_features.AudioFeatures`, the call `render` makes); returns the number of clips."""
+    from safetensors.torch import load_file
+    from tqdm import tqdm
+
+    from ..formats.load import load_model
+    from .audio_features import AudioFeatures
+    f = fmt.read_format(data)
+    m = load_model(str(model), device=device, dtype=torch.float32)
+    feats = AudioFeatures(m, f.fps, Path(data))
+    entries = fmt.read_index(data)
+    for e in tqdm(entries, desc="audio features", unit="video", dynamic_ncols=True):
+        feats.features(e.name, load_file(str(Path(data) / e.audio))["waveform"])
+    return len(entries)

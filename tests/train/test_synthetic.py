@@ -1,0 +1,96 @@
+"""Synthetic talking faces and the learning-check metrics (emo_model/train/synthetic.py, metrics.py)."""
+import math
+
+import numpy as np
+import pytest
+
+from emo_model.train import metrics as m
+from emo_model.train import synthetic as s
+
+FPS = 25
+
+
+def _frames(identity, opening, roll, size=64):
+    st = s.face_style(identity)
+    return np.stack([s.draw_face(st, size, o, r) for o, r in zip(opening, roll)])
+
+
+def test_speech_has_syllables_pauses_and_differs_per_speaker():
+    a = s.synth_speech(4.0, speaker=0)
+    b = s.synth_speech(4.0, speaker=1)
+    assert a.shape == (64000,) and a.dtype == np.float32 and abs(np.abs(a).max() - 0.8) < 1e-6
+    loud = m.frame_loudness(a, 100, FPS)
+    assert (loud < 0.01).sum() >= 5 and (loud > 0.1).sum() >= 20  # gaps and syllables
+    # different voices: different pitch -> different zero-crossing rates of the voiced parts
+    zc = [np.mean(np.abs(np.diff(np.sign(x[np.abs(x) > 0.05])))) for x in (a, b)]
+    assert abs(zc[0] - zc[1]) > 0.01 * max(zc)
+    assert s.voice(0) != s.voice(1)
+    assert np.array_equal(a, s.synth_speech(4.0, speaker=0))  # deterministic
+
+
+def test_frame_loudness_windows():
+    sr = 16000
+    w = np.zeros(sr, np.float32)
+    w[640 * 3:640 * 4] = 0.5  # frame 3 only
+    loud = m.frame_loudness(w, 25, FPS, sr)
+    assert loud[3] == pytest.approx(0.5) and np.count_nonzero(loud) == 1
+
+
+def test_faces_differ_per_identity():
+    f = [s.draw_face(s.face_style(i), 64, 0.0) for i in range(4)]
+    for i in range(4):
+        for j in range(i + 1, 4):
+            assert np.abs(f[i].astype(int) - f[j].astype(int)).mean() > 10
+
+
+def test_mouth_opening_metric_follows_the_drawn_mouth():
+    rng = np.random.default_rng(0)
+    opening = rng.uniform(0, 1, 40)
+    for ident in range(3):
+        meas = m.mouth_opening_from_frames(_frames(ident, opening, s.roll_track(40, 1.0)))
+        assert m.pearson(meas, opening) > 0.97
+        assert abs(m.pearson(meas, rng.permutation(opening))) < 0.5  # can fail: unrelated series stay low
+
+
+def test_lipsync_r_on_a_synthetic_video_and_its_lag_tolerance():
+    wave = s.synth_speech(4.0, speaker=3)
+    loud = m.frame_loudness(wave, 100, FPS)
+    frames = _frames(3, s.mouth_opening(loud), np.zeros(100))
+    meas = m.mouth_opening_from_frames(frames)
+    assert m.lipsync_r(meas, loud) > 0.9
+    assert m.lipsync_r(np.roll(meas, 1), loud) > 0.9          # one frame late: within the tolerance
+    assert m.lipsync_r(np.roll(meas, 6), loud) < 0.5          # far off: no longer in sync
+    assert math.isnan(m.lipsync_r(np.ones(100), loud))        # a still mouth has no correlation
+    other = m.frame_loudness(s.synth_speech(4.0, speaker=4, seed=9), 100, FPS)
+    assert m.lipsync_r(meas, other) < 0.5                     # another track: no sync
+
+
+@pytest.mark.parametrize("speed", [0.5, 1.0, 2.0, 3.0])
+def test_head_roll_and_motion_measured_from_frames(speed):
+    roll = s.roll_track(60, speed, phase=0.3)
+    assert np.median(np.abs(np.diff(roll))) == pytest.approx(speed)
+    f = _frames(1, np.full(60, 0.3), roll)
+    meas = m.head_roll_from_frames(f)
+    assert np.abs(meas - roll).max() < 2.5  # degrees, counter-clockwise positive like the drawing
+    assert np.median(m.head_motion(f)) == pytest.approx(speed, rel=0.3)
+
+
+def test_rank_correlation():
+    assert m.speed_rank_r([0, 1, 2, 3], [0.1, 0.5, 0.7, 2]) == pytest.approx(1.0)
+    assert m.speed_rank_r([0, 1, 2, 3], [2, 1, 0.5, 0.1]) == pytest.approx(-1.0)
+
+
+def test_talking_video_and_heldout_pair(tmp_path):
+    from emo_model.media.audio import load_audio
+    from emo_model.media.video import probe
+    from emo_model.media.image import load_image
+    d = s.talking_video(tmp_path / "t.mp4", identity=2, speaker=2, seconds=1.2, size=64, speed=2.0)
+    info = probe(tmp_path / "t.mp4")
+    assert info["frames"] == d["frames"] == 30 and info["fps"] == 25 and info["audio_duration"] == pytest.approx(1.2, abs=0.03)
+    wav, png = s.make_heldout(tmp_path, seconds=1.0, size=64)
+    w, sr = load_audio(wav)
+    assert sr == 16000 and w.shape[-1] == 16000
+    ref = load_image(png)
+    assert ref.shape == (64, 64, 3)
+    assert m.mouth_opening_from_frames(ref[None])[0] < 0.2 * m.mouth_opening_from_frames(
+        s.draw_face(s.face_style(99), 64, 1.0)[None])[0]  # closed mouth
