@@ -202,8 +202,10 @@ def read_index(data) -> list[ClipEntry]:
 
 def append_jsonl(path, record: dict) -> None:
     """Append one JSON line and flush it to disk (the line is the commit point of a video)."""
+    path = Path(path)
+    cut = path.is_file() and path.stat().st_size > 0 and not path.read_bytes().endswith(b"\n")
     with open(path, "a") as fh:
-        fh.write(json.dumps(record) + "\n")
+        fh.write(("\n" if cut else "") + json.dumps(record) + "\n")  # after a line cut short by a kill
         fh.flush()
         os.fsync(fh.fileno())
 
