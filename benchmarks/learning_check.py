@@ -149,7 +149,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--frames", type=int, default=8)
     p.add_argument("--motion-frames", type=int, default=2)
-    p.add_argument("--vae-steps", type=int, default=400)
+    p.add_argument("--vae-steps", type=int, default=250)
     p.add_argument("--sample-steps", type=int, default=10, help="DDIM steps of the evaluation renders")
     p.add_argument("--identities", type=int, default=6)
     p.add_argument("--speeds", type=float, nargs="+", default=[0.0, 0.5, 1.0, 2.0, 3.0])
@@ -161,7 +161,7 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="a few steps of everything: checks that it runs")
     a = p.parse_args(argv)
     if a.quick:
-        a.steps, a.chunks, a.vae_steps, a.sample_steps = [2, 2, 2], 1, 20, 2
+        a.steps, a.chunks, a.vae_steps, a.sample_steps = [2, 2, 2], 1, 5, 2
         a.identities, a.seconds, a.heldout_seconds, a.speeds = 2, 2.0, 1.0, [0.0, 2.0]
     torch.manual_seed(a.seed)
     out = Path(a.out)

@@ -28,8 +28,9 @@ Layout of a DATA folder (no pickles anywhere: JSON, JSON lines, safetensors, mp4
                            "identity"  float32 [512]   optional: ArcFace embedding of the face (when available)
     DATA/clips/NAME/features/KEY.safetensors
                            optional cache of the model's own audio features for this clip (written by
-                           `prepare-data --model` or by the trainer): "features" float32/float16 [T, ...] as the
-                           model's audio encoder returns them for the whole track (`audio_features_path`).
+                           `prepare-data --model` or by the trainer, `audio_features.AudioFeatures`; KEY =
+                           `audio_features.encoder_key(model)`): "features" float32 [F, ...] as
+                           `EMOPipeline.encode_audio` returns them for the whole track (`audio_features_path`).
 
 NAME is the video's file stem made file-system safe (and unique). Every per-clip file is written to a temporary
 name and renamed into place; the index line comes last, so a video is "finished" exactly when its index line

@@ -18,7 +18,9 @@ Per video (file order by name), each step's failure is one line in DATA/report.j
 """
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 from pathlib import Path
 
 import cv2
@@ -159,16 +161,19 @@ class Preparer:
         s = min(1.0, SPEED_SIDE / res)
         grays, mid = [], None
         tmp = fmt.temp_path(cdir / fmt.FRAMES_FILE)
-        with _ClipWriter(tmp, f.fps) as w:
-            for i, img in iter_frames(video, f.fps):
-                if i >= T:
-                    break
-                c = crop(img, cinfo)
-                w.write(c[None])
-                grays.append(cv2.resize(cv2.cvtColor(c, cv2.COLOR_RGB2GRAY), None, fx=s, fy=s,
-                                        interpolation=cv2.INTER_AREA) if s < 1 else cv2.cvtColor(c, cv2.COLOR_RGB2GRAY))
-                if i == T // 2:
-                    mid = c
+        try:
+            with _ClipWriter(tmp, f.fps) as w:
+                for i, img in iter_frames(video, f.fps):
+                    if i >= T:
+                        break
+                    c = crop(img, cinfo)
+                    w.write(c[None])
+                    g = cv2.cvtColor(c, cv2.COLOR_RGB2GRAY)
+                    grays.append(cv2.resize(g, None, fx=s, fy=s, interpolation=cv2.INTER_AREA) if s < 1 else g)
+                    if i == T // 2:
+                        mid = c
+        except CorruptVideo as e:
+            raise Skip(f"corrupt file (second pass: {e})") from None
         if len(grays) < T:
             raise Skip(f"corrupt file (decoded {len(grays)} frames on the second pass, {T} on the first)")
         kps_crop = None
@@ -263,7 +268,7 @@ def prepare_data(videos, data, fps: int = 25, resolution: int = 512, detector: s
     finished = {e.source for e in index}
     todo = [p for p in files if p.name not in finished]
     report = [r for r in fmt.read_report(data) if r.get("video") not in {p.name for p in todo}]
-    fmt.atomic_write_text(data / fmt.REPORT_FILE, "".join(__import__("json").dumps(r) + "\n" for r in report))
+    fmt.atomic_write_text(data / fmt.REPORT_FILE, "".join(json.dumps(r) + "\n" for r in report))
     taken = {e.name for e in index}
     prep = Preparer(data, f, detector_file, detect_every, min_frames, identity_model)
     done, skipped = [], []
@@ -272,6 +277,7 @@ def prepare_data(videos, data, fps: int = 25, resolution: int = 512, detector: s
         try:
             entry = prep.prepare(video, name)
         except Skip as e:
+            shutil.rmtree(fmt.clip_dir(data, name), ignore_errors=True)  # nothing half-written is left
             fmt.append_report(data, video.name, str(e))
             skipped.append((video.name, str(e)))
             continue

@@ -140,7 +140,6 @@ def draw_face(style: FaceStyle, size: int, opening: float, roll: float = 0.0) ->
     img[:] = style.background
     cx, cy = S / 2, S * 0.53
     rx = style.head * S
-    ry = rx * style.aspect
     a = math.radians(roll)
     ca, sa = math.cos(a), math.sin(a)
 

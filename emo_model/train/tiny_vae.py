@@ -1,5 +1,5 @@
 """A tiny VAE for the learning check: a diffusers `AutoencoderKL` (the class SD's VAE is) shaped like the tiny test
-model's (4 blocks: 8x down to a 4-channel latent, widths 16-32-64-64), trained in a few hundred steps on the
+model's (4 blocks: 8x down to a 4-channel latent, widths 8-16-32-32), trained in a few hundred steps on the
 synthetic frames so that what the tiny EMO model learns in latent space can be seen in pixels again.
 
 Training: Adam (lr 2e-3 with a cosine decay), batches of random frames in [-1, 1] at the data's resolution (64 px),
@@ -20,7 +20,7 @@ import torch
 KL_WEIGHT = 1e-6
 
 
-def tiny_autoencoder(widths=(16, 32, 64, 64)):
+def tiny_autoencoder(widths=(8, 16, 32, 32)):
     from diffusers import AutoencoderKL
     return AutoencoderKL(block_out_channels=list(widths), layers_per_block=1, norm_num_groups=8, latent_channels=4,
                          sample_size=64, down_block_types=["DownEncoderBlock2D"] * len(widths),
@@ -42,8 +42,8 @@ def _to_tensor(frames: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float().div(127.5).sub(1)
 
 
-def train_tiny_vae(frames, steps: int = 400, batch: int = 16, lr: float = 2e-3, seed: int = 0, log_every: int = 0,
-                   widths=(16, 32, 64, 64)):
+def train_tiny_vae(frames, steps: int = 300, batch: int = 8, lr: float = 2e-3, seed: int = 0, log_every: int = 0,
+                   widths=(8, 16, 32, 32)):
     """Train a tiny AutoencoderKL on `frames` (uint8 [N, H, W, 3] or a DATA folder). Returns (vae in eval mode,
     latent_scale, final L1 error in [-1, 1] units on a held batch)."""
     if isinstance(frames, (str, Path)):
