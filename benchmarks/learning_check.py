@@ -86,8 +86,12 @@ def tiny_vae(data: Path, out: Path, steps: int) -> Path:
 # ----------------------------------------------------------------------------- training (trainer's entry points)
 
 def run_stage(stage: int, data: Path, init, out: Path, steps: int, **opts) -> Path:
-    """One stage through the `train` command's Python entry point; returns the native model folder it wrote."""
+    """One stage through the `train` command's Python entry point; returns the native model folder it wrote.
+    A folder with checkpoints (an earlier or interrupted run of the check) is continued (`resume="latest"`)."""
     from emo_model.train import run_stage as train_stage
+    from emo_model.train.checkpointing import checkpoint_dirs
+    if out.is_dir() and checkpoint_dirs(out):
+        opts["resume"] = "latest"
     train_stage(stage, data, str(init), out, steps, **opts)
     return out / "model"
 
@@ -97,6 +101,7 @@ def run_stage(stage: int, data: Path, init, out: Path, steps: int, **opts) -> Pa
 def render_and_measure(model, ref: Path, wave: np.ndarray, out: Path, steps: int, speed=None, seed: int = 0) -> dict:
     from emo_model.render import render
     from emo_model.train.dataset import read_all_frames
+    out.parent.mkdir(parents=True, exist_ok=True)
     render(model, str(ref), (torch.from_numpy(wave)[None], 16000), out, steps=steps, seed=seed, speed=speed,
            whole_image=True, identity="zero")
     frames = read_all_frames(out)
@@ -194,8 +199,7 @@ def main(argv=None) -> int:
     done = 0
     while done < a.steps[1]:
         done = min(a.steps[1], done + chunk)
-        s2 = run_stage(2, data, s1, out / "stage2", done, resume="latest" if done > chunk else None,
-                       **{**common, "save_every": chunk}, **video)
+        s2 = run_stage(2, data, s1, out / "stage2", done, **{**common, "save_every": chunk}, **video)
         r = lipsync(load_model(str(s2), device="cpu", dtype=torch.float32), pairs[:1], out / "curve", a.sample_steps,
                     fps, tag=f"_stage2_{done}")
         curve.append({"stage": 2, "step": done, "lipsync_r": r})
