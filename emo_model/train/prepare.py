@@ -304,7 +304,7 @@ def cmd_prepare_data(a) -> int:
 
 def add_parser(sub) -> None:
     """Registers `prepare-data` on the CLI's subparsers (emo_model/cli.py calls this)."""
-    p = sub.add_parser("prepare-data", help="turn talking-face videos into training data (see docs/training.md)")
+    p = sub.add_parser("prepare-data", help="turn talking-face videos into training data (see docs/prepare-data.md)")
     p.add_argument("videos", help="folder of videos with sound (mp4, mov, mkv, webm), or one video")
     p.add_argument("data", help="the prepared-data folder to write (created; a rerun adds new videos)")
     p.add_argument("--fps", type=int, default=25, help="frame rate of the prepared frames (default 25)")
