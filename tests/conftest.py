@@ -4,12 +4,13 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+REPO_FIXTURES = Path(__file__).resolve().parent / "fixtures"  # hallo-tiny/, echomimic-tiny/ (see their READMEs)
 
 
 def fixtures_dir() -> Path:
-    """Parity fixtures: $EMO_FIXTURES, else ../shared/fixtures beside the checkout."""
+    """Parity fixtures: $EMO_FIXTURES (another folder of sets laid out the same way), else the repo's tests/fixtures."""
     env = os.environ.get("EMO_FIXTURES")
-    return Path(env) if env else ROOT.parent / "shared" / "fixtures"
+    return Path(env) if env else REPO_FIXTURES
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -28,8 +29,8 @@ def fixtures() -> Path:
     path = fixtures_dir()
     if not path.is_dir():
         raise FileNotFoundError(
-            f"parity fixtures not found at {path}: set EMO_FIXTURES to the folder that holds "
-            "hallo-tiny/ and echomimic-tiny/ (CI keeps it at ../shared/fixtures)")
+            f"parity fixtures not found at {path}: set EMO_FIXTURES to a folder that holds "
+            "hallo-tiny/ and echomimic-tiny/, or unset it to use the repo's tests/fixtures")
     return path
 
 

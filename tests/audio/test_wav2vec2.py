@@ -30,7 +30,8 @@ def hallo(fixtures):
         w2v=json.loads((root / "wav2vec" / "wav2vec2-base-960h" / "config.json").read_text()),
         data=load_file(str(root / "audio.safetensors")),
         encoder=Wav2VecAudioEncoder.from_folder(root / "wav2vec" / "wav2vec2-base-960h"),
-        audioproj={k[len("audioproj."):]: v for k, v in net.items() if k.startswith("audioproj.")},
+        # float32 like load_model (Hallo's release, and the repo's set, store fp16)
+        audioproj={k[len("audioproj."):]: v.float() for k, v in net.items() if k.startswith("audioproj.")},
         net=net,
     )
 

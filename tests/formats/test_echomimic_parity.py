@@ -1,5 +1,6 @@
 """EchoMimic v1 parity: our loader, conditions, backbone and window sampler against numbers computed by the original
-antgroup/echomimic code on a tiny seeded model (shared fixture `echomimic-tiny`; its README explains every tensor).
+antgroup/echomimic code on a tiny seeded model (fixture set `echomimic-tiny`, tests/fixtures or $EMO_FIXTURES; its
+README explains every tensor).
 
 Tolerances (from the fixture README, for an independent float32 implementation): face locator atol 1e-5; UNet
 outputs and latents atol 1e-4 + rtol 1e-4. Measured on CPU float32 (max abs diff): face locator 0, ReferenceNet bank
@@ -73,6 +74,14 @@ def _forward(model, data, audio_cfg, ref_cfg):
     return out, passes
 
 
+def _sampling(em):
+    """sampling.safetensors; the input it shares with unet_forward (face_mask) may be left out of it."""
+    data = load_file(em / "sampling.safetensors")
+    if "face_mask" not in data:
+        data["face_mask"] = load_file(em / "unet_forward.safetensors")["face_mask"]
+    return data
+
+
 def _copy_set(src, dst, rename=None, skip=()):
     """Copies the fixture's EchoMimic folder to dst (file names mapped by `rename`, `skip` left out)."""
     rename = rename or {}
@@ -133,7 +142,7 @@ def test_unet_forward_with_cfg(model, em, meta):
 
 # ---------------------------------------------------------------------------------------------- sampling
 def test_context_windows_match_the_official_schedule(em, meta):
-    data = load_file(em / "sampling.safetensors")
+    data = _sampling(em)
     step0 = data["context_windows_step0"]
     L, size, overlap = meta["sampling_video_length_used"], meta["context_frames"], meta["context_overlap"]
     assert context_windows(L, size, overlap) == step0.tolist()
@@ -145,7 +154,7 @@ def test_context_windows_match_the_official_schedule(em, meta):
 
 
 def test_window_settings_are_checked(model, em, meta):
-    data = load_file(em / "sampling.safetensors")
+    data = _sampling(em)
     pipe = EMOPipeline(model)
     too_long = model.config.temporal["max_len"] + 8  # a window longer than the temporal position table
     tokens = data["audio_tokens_all"][0]
@@ -161,7 +170,7 @@ def test_window_settings_are_checked(model, em, meta):
 def test_sampling_run(model, em, meta, monkeypatch):
     """The pipeline's own window sampler (sample() with the set's windows, CFG, steps and seed) on the fixture's audio
     tokens; the VAE decode is the identity."""
-    data = load_file(em / "sampling.safetensors")
+    data = _sampling(em)
     L = data["audio_tokens_all"].shape[1]
     assert L == meta["sampling_video_length_used"]
     steps, size, overlap, cfg = meta["sampling_steps"], meta["context_frames"], meta["context_overlap"], meta["cfg"]

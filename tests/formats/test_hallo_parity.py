@@ -1,5 +1,5 @@
 """Hallo parity: our implementation, loaded from the fixture's net.pth through the real loader, against outputs of
-Hallo's original code (`hallo-tiny` under $EMO_FIXTURES, see its README). float32, CPU.
+Hallo's original code (`hallo-tiny` in tests/fixtures or $EMO_FIXTURES, see its README). float32, CPU.
 Every value of the set (seeds, clip length, motion frames, steps, CFG, motion_scale, model sizes) is read from the
 set's own files (fixture_meta.json, tiny_inference_config.json, scheduler_config.json, unet/config.json), so any set
 made the same way can be checked. Tolerance: atol 1e-4 + rtol 1e-4 on UNet outputs and latents, atol 1e-5 on the
@@ -123,6 +123,8 @@ def test_sampling(hallo, meta):
     """The official pipeline's DDIM loop: the set's step count, generator seed, CFG and motion_scale."""
     folder, model, pipe = hallo
     d = load_file(folder / "sampling.safetensors")
+    if "face_region" not in d:  # the input it shares with unet_forward may be left out of it
+        d["face_region"] = load_file(folder / "unet_forward.safetensors")["face_region"]
     steps = meta["sampling_steps"]
     sched = DDIMScheduler.from_config(model.config.scheduler)
     sched.set_timesteps(steps)

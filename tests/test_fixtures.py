@@ -1,0 +1,55 @@
+"""The parity fixtures ship with the repository (tests/fixtures): both sets are complete, small, and not dropped by
+git (a fresh clone must pass the test suite with nothing beside it)."""
+import shutil
+import subprocess
+
+import pytest
+
+from conftest import REPO_FIXTURES
+
+LIMIT = 10 * 2**20  # 10 MiB for all sets together
+
+COMMON = ["README.md", "fixture_meta.json", "tiny_inference_config.json", "scheduler_config.json",
+          "audio.safetensors", "face_locator.safetensors", "unet_forward.safetensors",
+          "unet_forward_intermediates.safetensors", "sampling.safetensors"]
+SETS = {
+    "hallo-tiny": COMMON + ["net.pth", "stable-diffusion-v1-5/unet/config.json",
+                            "wav2vec/wav2vec2-base-960h/config.json", "wav2vec/wav2vec2-base-960h/model.safetensors",
+                            "wav2vec/wav2vec2-base-960h/preprocessor_config.json"],
+    "echomimic-tiny": COMMON + ["reference_unet.pth", "denoising_unet.pth", "motion_module.pth", "face_locator.pth",
+                                "audio_processor/whisper_tiny.pt", "sd-image-variations-diffusers/unet/config.json"],
+}
+
+
+def _files():
+    return [f for f in REPO_FIXTURES.rglob("*") if f.is_file()]
+
+
+@pytest.mark.parametrize("name", sorted(SETS))
+def test_every_file_of_each_set_is_present(name):
+    missing = [f for f in SETS[name] if not (REPO_FIXTURES / name / f).is_file()
+               or (REPO_FIXTURES / name / f).stat().st_size == 0]
+    assert not missing, f"tests/fixtures/{name} lacks {missing}"
+
+
+def test_sets_are_small():
+    total = sum(f.stat().st_size for f in _files())
+    assert 0 < total < LIMIT, f"tests/fixtures holds {total / 2**20:.2f} MiB (limit {LIMIT / 2**20:.0f} MiB)"
+
+
+def test_git_keeps_the_fixture_files():
+    """No .gitignore / .gitattributes rule drops or rewrites them (weights are .pth / .pt / .safetensors)."""
+    if shutil.which("git") is None:
+        pytest.skip("git not installed")
+    root = REPO_FIXTURES.parents[1]
+    inside = subprocess.run(["git", "-C", str(root), "rev-parse", "--is-inside-work-tree"], capture_output=True)
+    if inside.returncode != 0:
+        pytest.skip("not a git checkout")
+    paths = [str(f.relative_to(root)) for f in _files()]
+    ignored = subprocess.run(["git", "-C", str(root), "check-ignore", "--no-index", *paths],
+                             capture_output=True, text=True).stdout.split()
+    assert not ignored, f"git ignores {ignored}"
+    attrs = subprocess.run(["git", "-C", str(root), "check-attr", "filter", "text", "eol", "--", *paths],
+                           capture_output=True, text=True).stdout.splitlines()
+    rewritten = [line for line in attrs if not line.endswith(": unspecified")]
+    assert not rewritten, f"git attributes would rewrite fixture files: {rewritten}"
