@@ -2,10 +2,11 @@
 git (a fresh clone must pass the test suite with nothing beside it)."""
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
-from conftest import REPO_FIXTURES
+REPO_FIXTURES = Path(__file__).resolve().parent / "fixtures"  # what tests/conftest.py uses without EMO_FIXTURES
 
 LIMIT = 10 * 2**20  # 10 MiB for all sets together
 
