@@ -3,6 +3,7 @@ from .audio_encode import EMOAudioEncode
 from .comfy_bridge import ComfyExtension
 from .download import EMODownloadModels
 from .example_inputs import install_example_inputs
+from .frame_batches import EMOFrameBatches
 from .load_models import EMOLoadModels
 from .load_pose import EMOLoadPose
 from .paste_back import EMOPasteBack
@@ -12,7 +13,7 @@ from .video_combine import EMOVideoCombine
 
 # Node ids are the identity of shared workflows: never rename one (add a new node instead).
 NODES = [EMOLoadModels, EMOAudioEncode, EMOReferenceEncode, EMOSampler, EMOPasteBack, EMOVideoCombine,
-         EMOLoadPose, EMODownloadModels]
+         EMOLoadPose, EMODownloadModels, EMOFrameBatches]
 
 
 class EMOExtension(ComfyExtension):

@@ -1,4 +1,6 @@
-"""EMO Sampler: encoded audio + encoded reference -> IMAGE frames, clip by clip, with progress and Cancel."""
+"""EMO Sampler: encoded audio + encoded reference -> IMAGE frames and/or a streamed VIDEO, clip by clip, with progress
+and Cancel."""
+import contextlib
 import logging
 import time
 
@@ -12,6 +14,7 @@ import latent_preview
 from ..emo_model.errors import EMOInputError
 from ..emo_model.sampling.pipeline import memory_estimate
 from .comfy_bridge import CATEGORY, EmoAudio, EmoModel, EmoReference, io, model_management
+from .streaming import TempVideo, output_linked, placeholder_image
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +99,14 @@ class EMOSampler(io.ComfyNode):
                 io.Image.Output(display_name="frames", tooltip="The video frames, IMAGE [frames, H, W, 3] 0..1."),
                 io.Float.Output(display_name="fps", tooltip="The frame rate the audio was encoded at: connect "
                                                            "it to Video Combine."),
+                io.Video.Output(display_name="video",
+                                tooltip="The same frames as a VIDEO streamed to a lossless file in ComfyUI's temp "
+                                        "folder as they are made: for tracks of any length (RAM stays flat). "
+                                        "Connect it to EMO Paste Back / EMO Video Combine (their `video` input) "
+                                        "or EMO Frame Batches. When only this output is connected, no IMAGE "
+                                        "batch is kept."),
             ],
-            hidden=[io.Hidden.unique_id],
+            hidden=[io.Hidden.unique_id, io.Hidden.prompt],
         )
 
     @classmethod
@@ -131,19 +140,29 @@ class EMOSampler(io.ComfyNode):
             model_management.throw_exception_if_processing_interrupted()
 
         bundle.to_compute_device(memory_required=memory_estimate(config, fpc))
-        # Finished frames leave the GPU clip by clip into one preallocated IMAGE batch on ComfyUI's intermediate
-        # device: RAM holds the frames once (no list of clips plus a concatenated copy).
-        frames, done = None, 0
-        for clip in bundle.pipeline.sample(encoded_audio, reference, steps=chosen.steps, seed=seed,
-                                           audio_cfg=chosen.audio_cfg, ref_cfg=chosen.ref_cfg, speed=speed,
-                                           frames_per_clip=fpc, motion_frames=mf,
-                                           region_weights=(pose_weight, face_weight, lip_weight),
-                                           callback=on_step):
-            if frames is None:
-                frames = _frame_batch(encoded_audio.num_frames, clip.shape[1:])
-            frames[done:done + clip.shape[0]] = clip.clamp(0, 1)
-            done += clip.shape[0]
-        if not done:
-            raise EMOInputError("EMO Sampler produced no frames: the encoded audio is empty")
-        frames = frames[:done]
-        return io.NodeOutput(frames, float(encoded_audio.fps))
+        # Finished frames leave the GPU clip by clip: into the streamed VIDEO file when its output is connected,
+        # and into one preallocated IMAGE batch (RAM holds the frames once) only when something reads `frames`.
+        prompt = cls.hidden.prompt if cls.hidden is not None else None
+        want_images = output_linked(prompt, node_id, 0)
+        want_video = prompt is not None and output_linked(prompt, node_id, 2)
+        frames, done, video = None, 0, None
+        with contextlib.ExitStack() as stack:
+            stream = stack.enter_context(TempVideo(encoded_audio.fps, "sampler")) if want_video else None
+            for clip in bundle.pipeline.sample(encoded_audio, reference, steps=chosen.steps, seed=seed,
+                                               audio_cfg=chosen.audio_cfg, ref_cfg=chosen.ref_cfg, speed=speed,
+                                               frames_per_clip=fpc, motion_frames=mf,
+                                               region_weights=(pose_weight, face_weight, lip_weight),
+                                               callback=on_step):
+                if stream is not None:
+                    stream.write(clip)
+                if want_images:
+                    if frames is None:
+                        frames = _frame_batch(encoded_audio.num_frames, clip.shape[1:])
+                    frames[done:done + clip.shape[0]] = clip.clamp(0, 1)
+                done += clip.shape[0]
+            if not done:
+                raise EMOInputError("EMO Sampler produced no frames: the encoded audio is empty")
+        if stream is not None:
+            video = stream.video
+        frames = frames[:done] if frames is not None else placeholder_image()
+        return io.NodeOutput(frames, float(encoded_audio.fps), video)

@@ -22,6 +22,8 @@ from ..errors import EMOInputError
 logger = logging.getLogger(__name__)
 
 _H264 = ("libx264", "h264", "libopenh264")
+KEY_INTERVAL = 32  # frames between key frames of a lossless intermediate: a seek decodes at most this many extra
+LOSSLESS_CODEC = "libx264rgb"  # H.264 on RGB at qp 0: bit-exact frames, ~20-300 KB per 512² frame, fast to decode
 _AUDIO_CHUNK = 1024  # samples per AAC frame
 # File name endings the writer accepts -> the container it writes (H.264 + AAC fit each of them; webm does not).
 CONTAINERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}
@@ -99,9 +101,10 @@ class VideoWriter:
     """
 
     def __init__(self, path, fps, audio=None, sample_rate=None, crf: int = 18, metadata: dict | None = None,
-                 overwrite: bool = False):
+                 overwrite: bool = False, lossless: bool = False):
         self.path = os.fspath(path)
         self.overwrite = overwrite
+        self.lossless = bool(lossless)  # an intermediate file: RGB H.264 at qp 0 (.mkv: bit-exact frames)
         fmt = container_format(self.path)
         self.fps = fps_fraction(fps)
         self.frames_written = 0
@@ -149,10 +152,16 @@ class VideoWriter:
                 continue
 
     def _open_streams(self, width: int, height: int):
-        self.video = self.container.add_stream(_h264_codec(), rate=self.fps)
+        self.video = self.container.add_stream(LOSSLESS_CODEC if self.lossless else _h264_codec(), rate=self.fps)
         self.video.width, self.video.height = width + width % 2, height + height % 2
-        self.video.pix_fmt = "yuv420p"
         self.video.codec_context.time_base = 1 / self.fps
+        if self.lossless:
+            self.video.pix_fmt = "rgb24"
+            self.video.options = {"qp": "0", "preset": "veryfast", "g": str(KEY_INTERVAL)}
+            if self.audio is not None:
+                raise EMOInputError("a lossless intermediate video carries no audio: mux the audio into the final mp4")
+            return
+        self.video.pix_fmt = "yuv420p"
         self.video.options = {"crf": str(self.crf)} if self.video.codec_context.name == "libx264" else {}
         cc = self.video.codec_context  # BT.709, limited range, tagged so that players convert back alike
         cc.colorspace, cc.color_primaries, cc.color_trc, cc.color_range = 1, 1, 1, 1
@@ -205,8 +214,9 @@ class VideoWriter:
             if h % 2 or w % 2:
                 image = np.pad(image, pad, mode="edge")
             frame = av.VideoFrame.from_ndarray(image, format="rgb24")
-            frame = frame.reformat(format="yuv420p", dst_colorspace="itu709")
-            frame.colorspace, frame.color_primaries, frame.color_trc, frame.color_range = 1, 1, 1, 1
+            if not self.lossless:
+                frame = frame.reformat(format="yuv420p", dst_colorspace="itu709")
+                frame.colorspace, frame.color_primaries, frame.color_trc, frame.color_range = 1, 1, 1, 1
             frame.pts = self.frames_written
             frame.time_base = self.video.codec_context.time_base
             self.container.mux(self.video.encode(frame))
@@ -283,6 +293,37 @@ class VideoWriter:
     def __del__(self):
         if getattr(self, "_tmp", None) is not None:  # never closed (no `with`): leave no temporary file behind
             self.abort()
+
+
+def read_frames(path, batch: int = 16, start: int = 0):
+    """Decode a video (a path or a binary file object) batch by batch from frame `start`: yields uint8 numpy
+    `[n <= batch, H, W, 3]` RGB; memory holds one batch, never the whole video. A `start` past 0 seeks to the key
+    frame before it (the pack's intermediates have one every KEY_INTERVAL frames), so reading batch k of a long
+    video does not decode the k-1 batches before it. The pack's lossless intermediates decode bit-exact."""
+    if isinstance(path, (str, os.PathLike)) and not os.path.isfile(path):
+        raise EMOInputError(f"video file not found: {path}: it may have been removed from ComfyUI's temp folder "
+                            "(ComfyUI empties it at start): run the node that made it again")
+    with av.open(path) as container:
+        if not container.streams.video:
+            raise EMOInputError(f"{path} has no video track")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        rate = stream.average_rate or stream.guessed_rate
+        if start > 0 and rate:
+            container.seek(int(Fraction(start) / Fraction(rate) / stream.time_base), stream=stream, backward=True)
+        chunk, index = [], None
+        for frame in container.decode(stream):
+            if start > 0:  # after a seek: the frame's index from its time stamp
+                index = round(Fraction(frame.pts * stream.time_base) * Fraction(rate)) if frame.pts is not None \
+                    else (0 if index is None else index + 1)
+                if index < start:
+                    continue
+            chunk.append(frame.to_ndarray(format="rgb24"))
+            if len(chunk) == batch:
+                yield np.stack(chunk)
+                chunk = []
+        if chunk:
+            yield np.stack(chunk)
 
 
 def probe(path) -> dict:

@@ -1,5 +1,5 @@
 """Stand-ins for the core ComfyUI nodes the shipped workflows use: LoadImage, LoadAudio (V1 classes, as in
-ComfyUI 0.3.64), LoadVideo and GetVideoComponents (V3). Same ids, inputs and outputs as core; the
+ComfyUI 0.3.64), LoadVideo and GetVideoComponents (V3), ImageScaleBy (V1). Same ids, inputs and outputs as core; the
 decoding is PyAV/Pillow like core's (LoadAudio keeps the file's own sample rate and channels)."""
 import os
 
@@ -82,5 +82,26 @@ class GetVideoComponents(io.ComfyNode):
         return io.NodeOutput(c.images, c.audio, float(c.frame_rate))
 
 
+
+
+class ImageScaleBy:
+    """Core's ImageScaleBy (an IMAGE node that needs no model; stands in for an upscaler or face restorer)."""
+    CATEGORY = "image/upscaling"
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "upscale"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"image": ("IMAGE",),
+                             "upscale_method": (["nearest-exact", "bilinear", "area", "bicubic", "lanczos"],),
+                             "scale_by": ("FLOAT", {"default": 1.0, "min": 0.01, "max": 8.0, "step": 0.01})}}
+
+    def upscale(self, image, upscale_method, scale_by):
+        h, w = round(image.shape[1] * scale_by), round(image.shape[2] * scale_by)
+        mode = {"nearest-exact": "nearest-exact", "lanczos": "bicubic"}.get(upscale_method, upscale_method)
+        out = torch.nn.functional.interpolate(image.movedim(-1, 1), size=(h, w), mode=mode)
+        return (out.movedim(1, -1).clamp(0, 1),)
+
+
 NODE_CLASS_MAPPINGS = {"LoadImage": LoadImage, "LoadAudio": LoadAudio, "LoadVideo": LoadVideo,
-                       "GetVideoComponents": GetVideoComponents}
+                       "GetVideoComponents": GetVideoComponents, "ImageScaleBy": ImageScaleBy}

@@ -16,7 +16,7 @@ import emo_comfy_harness as harness  # noqa: E402
 
 ROOT = harness.ROOT
 NODE_IDS = {"EMOLoadModels", "EMOAudioEncode", "EMOReferenceEncode", "EMOSampler", "EMOPasteBack", "EMOVideoCombine",
-            "EMOLoadPose", "EMODownloadModels"}
+            "EMOLoadPose", "EMODownloadModels", "EMOFrameBatches"}
 # Top-level modules of ComfyUI itself: no module of the pack may be importable under these names.
 COMFY_TOP_LEVEL = {"nodes", "utils", "comfy", "comfy_extras", "comfy_api", "comfy_execution", "comfy_config", "app",
                    "api_server", "folder_paths", "execution", "server", "main", "latent_preview", "node_helpers",

@@ -15,7 +15,7 @@ import emo_comfy_harness as harness  # noqa: E402
 WORKFLOWS = harness.ROOT / "example_workflows"
 API = sorted((WORKFLOWS / "api").glob("*.json"))
 UI = sorted(WORKFLOWS.glob("*.json"))
-CORE_NODES = {"LoadImage", "LoadAudio", "LoadVideo", "GetVideoComponents"}
+CORE_NODES = {"LoadImage", "LoadAudio", "LoadVideo", "GetVideoComponents", "ImageScaleBy"}
 
 
 def load(path):

@@ -32,6 +32,9 @@ class VideoFromFile:
     def __init__(self, file):
         self._file = file
 
+    def get_stream_source(self):
+        return self._file
+
     def get_components(self) -> VideoComponents:
         with av.open(self._file) as c:
             vs = c.streams.video[0]
