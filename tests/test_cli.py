@@ -18,7 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def speech(tmp_path_factory):
     """0.3 s of the example speech as a wav (8 frames at 25 fps: two clips of the tiny model)."""
     import av
-    wav, sr = load_audio(os.path.join(ROOT, "examples", "speech.wav"))
+    wav, sr = load_audio(os.path.join(ROOT, "assets", "speech.wav"))
     path = tmp_path_factory.mktemp("in") / "speech.wav"
     with av.open(str(path), "w") as c:
         s = c.add_stream("pcm_s16le", rate=sr, layout="mono")
@@ -149,7 +149,7 @@ def test_kill_leaves_no_temporary_file(tmp_path, tiny_dir):
     import subprocess
     import sys
     import time
-    wav = os.path.join(ROOT, "examples", "speech.wav")  # 7.6 s: long enough to be caught while writing
+    wav = os.path.join(ROOT, "assets", "speech.wav")  # 7.6 s: long enough to be caught while writing
     out = tmp_path / "mine.mp4"
     out.write_bytes(b"the user's video")
     proc = subprocess.Popen([sys.executable, "-m", "emo_model", *render_args(tiny_dir, wav, out, "--overwrite")],

@@ -52,13 +52,3 @@ def test_reference_in_0_255_is_said(pipe, caplog):
     (said,) = notes(caplog)
     assert "0..255" in said and "divided by 255" in said
     torch.testing.assert_close(a.latent, b.latent, rtol=1e-4, atol=1e-4)  # the guess was right for this input
-
-
-def test_clipped_float_picture_is_said(caplog):
-    from emo_model.media.image import to_rgb_uint8
-    caplog.set_level(logging.INFO, logger="emo_model")
-    to_rgb_uint8(np.full((64, 64, 3), 0.5, np.float32))
-    assert notes(caplog) == []
-    assert to_rgb_uint8(np.full((64, 64, 3), 1.02, np.float32), name="frame 3").max() == 255
-    (said,) = notes(caplog)
-    assert said.startswith("frame 3 has float values") and "clipped to 0..1" in said
