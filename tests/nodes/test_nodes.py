@@ -259,13 +259,14 @@ def test_sampler_reports_every_step_with_comfyui_previews_through_model_manageme
                                              calls.append((value, total, preview, node_id)))
     mm.load_calls.clear()
     try:
-        frames, fps = node(comfy, "EMOSampler", uid="7").execute(
+        frames, fps, video = node(comfy, "EMOSampler", uid="7").execute(
             emo_model=loaded.bundle, encoded_audio=loaded.encoded, reference=loaded.ref, seed=3, steps=2,
             audio_cfg=3.5, reference_cfg=3.5, head_motion_speed=1.0, frames_per_clip=0, motion_frames=-1).args
     finally:
         comfy_utils.set_progress_bar_global_hook(None)
     res = loaded.bundle.model.config.resolution
     assert frames.shape == (5, res, res, 3) and frames.dtype == torch.float32 and fps == 25.0
+    assert video is None  # no prompt (nothing known to read the VIDEO output): no temp file written
     assert frames.device == mm.intermediate_device() and 0 <= frames.min() and frames.max() <= 1
     clips = -(-5 // loaded.bundle.model.config.frames_per_clip)
     assert [c[:2] for c in calls] == [(i + 1, 2 * clips) for i in range(2 * clips)]
