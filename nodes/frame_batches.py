@@ -46,7 +46,7 @@ class BatchInfo:
         return self.index == self.count - 1
 
 
-# (node id, video file, frames_per_batch) -> (run id, next batch index): the one piece of state that lives between
+# (node id, frames_per_batch, frames in the video) -> (run id, next batch index): the one piece of state that lives between
 # prompts. EMO Video Combine moves it on once a batch is written (`advance`) and removes it after the last.
 _STATE: dict[tuple, tuple[str, int]] = {}
 _TICK = itertools.count()
@@ -124,7 +124,9 @@ class EMOFrameBatches(io.ComfyNode):
         if total == 0:
             raise EMOInputError("EMO Frame Batches: the video has no frames")
         count = -(-total // frames_per_batch)
-        key = (node_id, getattr(video, "path", id(video)), frames_per_batch)
+        # keyed by node, batch size and length, not by the VIDEO object: when ComfyUI runs the sampler again for a
+        # queued batch (no cache, e.g. --cache-none) the same seed gives the same video under another temp name
+        key = (node_id, frames_per_batch, total)
         run, index = _STATE.setdefault(key, (uuid.uuid4().hex[:12], 0))
         first = index * frames_per_batch
         frames = next(video_batches_from(video, first, frames_per_batch))
