@@ -1,0 +1,91 @@
+"""TrainConfig: every setting of one training run (one EMO stage), stored as RUN/train_config.json.
+
+Defaults follow EMO's paper where it states them (f = 12, n = 4, lr 1e-5) and Hallo's training code elsewhere
+(../shared/research/training.md §2): v-prediction on the sampler's own noise schedule, min-SNR weighting gamma 5,
+offset noise 0.05, AdamW (0.9, 0.999, wd 1e-2), gradient clipping 1.0, conditioning dropout per step.
+"""
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import EMOInputError
+
+# Stage -> (frames per clip f, motion frames n, batch per process, reference-dropout rate) when not given.
+STAGE_DEFAULTS = {1: (1, 0, 4, 0.1), 2: (12, 4, 1, 0.05), 3: (12, 4, 1, 0.05)}
+
+
+@dataclass
+class TrainConfig:
+    stage: int
+    data: str
+    init: str
+    out: str
+    steps: int = 1000
+    batch: int | None = None           # per process (accelerate: the global batch is batch x processes)
+    frames: int | None = None          # f target frames per sample (stage 1: always 1)
+    motion_frames: int | None = None   # n motion frames before the targets (stage 1: always 0)
+    resolution: int | None = None      # pixels; default: the model's
+    lr: float = 1e-5
+    warmup_steps: int = 0
+    save_every: int = 500
+    keep_checkpoints: int = 3
+    log_every: int = 10
+    resume: str | None = None          # "latest" or a checkpoint folder
+    seed: int = 0
+    lora: int | None = None            # LoRA rank (None: full training of the stage's modules)
+    lora_alpha: float | None = None    # default: the rank (scale 1)
+    motion_module: str | None = None   # AnimateDiff v2 motion-module file for fresh temporal modules (stage 2)
+    vae: str | None = None             # VAE folder/file when the init has none (tiny and SD1.5 UNet inits)
+    audio_encoder: str | None = None   # wav2vec2 folder when the init has none
+    # Loss and noise (training.md §2)
+    snr_gamma: float | None = 5.0      # min-SNR weighting; None: plain mean
+    noise_offset: float = 0.05         # offset noise, per sample and channel, shared over frames
+    # Conditioning dropout: whole batch, one draw per step (as Hallo)
+    drop_reference: float | None = None  # no reference (+ face locator, identity, motion frames); stage default
+    drop_audio: float = 0.05           # audio tokens zeroed (after the projection, as the sampler's uncond)
+    first_clip: float = 0.05           # per sample: motion frames as the sampler makes them for a first clip
+    # Optimizer
+    weight_decay: float = 1e-2
+    adam_betas: tuple = (0.9, 0.999)
+    adam_eps: float = 1e-8
+    max_grad_norm: float = 1.0
+    mixed_precision: str = "no"        # accelerate: "no", "fp16", "bf16"
+    device: str = "auto"               # "auto" (accelerate's choice) or "cpu"
+
+    def __post_init__(self):
+        if self.stage not in STAGE_DEFAULTS:
+            raise EMOInputError(f"--stage must be 1, 2 or 3 (got {self.stage})")
+        f, n, b, drop = STAGE_DEFAULTS[self.stage]
+        if self.stage == 1:
+            if self.frames not in (None, 1) or self.motion_frames not in (None, 0):
+                raise EMOInputError("stage 1 trains on single images: leave --frames and --motion-frames unset "
+                                    "(they are 1 and 0)")
+            self.frames, self.motion_frames = 1, 0
+        self.frames = f if self.frames is None else int(self.frames)
+        self.motion_frames = n if self.motion_frames is None else int(self.motion_frames)
+        self.batch = b if self.batch is None else int(self.batch)
+        self.drop_reference = drop if self.drop_reference is None else float(self.drop_reference)
+        self.adam_betas = tuple(self.adam_betas)
+        for name in ("steps", "batch", "frames", "save_every", "log_every", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise EMOInputError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")
+        if self.motion_frames < 0:
+            raise EMOInputError(f"--motion-frames must be 0 or more (got {self.motion_frames})")
+        if self.lora is not None and self.lora < 1:
+            raise EMOInputError(f"--lora RANK must be at least 1 (got {self.lora})")
+        for name in ("drop_reference", "drop_audio", "first_clip"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise EMOInputError(f"{name} is a probability: give a value in 0..1 (got {getattr(self, name)})")
+
+    def to_json(self, path: Path) -> None:
+        Path(path).write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def from_json(cls, path: Path) -> "TrainConfig":
+        return cls(**json.loads(Path(path).read_text()))
+
+    # What must not change between a run and its resumption (the rest, e.g. --steps or --save-every, may).
+    TRAJECTORY_KEYS = ("stage", "init", "batch", "frames", "motion_frames", "resolution", "seed", "lora",
+                       "lora_alpha", "motion_module", "snr_gamma", "noise_offset", "drop_reference", "drop_audio",
+                       "first_clip")
