@@ -219,6 +219,8 @@ def main(argv=None) -> int:
     add_download(sub)
     from .train.prepare import add_parser as add_prepare_data
     add_prepare_data(sub)
+    from .train.cli import add_train_parser
+    add_train_parser(sub)
     a = p.parse_args(argv)
     if a.cmd is None:  # first contact: say what there is to do
         p.print_help()

@@ -84,7 +84,8 @@ class TemporalTransformer(nn.Module):
         """x: [b, C, f, h, w] -> same; speed: [b, f, l] per-frame speed features or None."""
         b, c, f, h, w = x.shape
         residual = x
-        x = self.norm(rearrange(x, "b c f h w -> (b f) c h w"))  # statistics per frame
+        x = self.norm(rearrange(x, "b c f h w -> (b f) c h w").contiguous())  # statistics per frame (contiguous:
+        # the strided view crashes GroupNorm's backward on the CPU in torch 2.13 when the norm is frozen)
         x = self.proj_in(rearrange(x, "(b f) c h w -> (b h w) f c", f=f))
         if speed is not None:
             speed = speed.to(x.dtype).repeat_interleave(h * w, dim=0)

@@ -1,0 +1,113 @@
+"""From dataset samples to a TrainBatch: VAE latents, motion frames (first-clip rule), audio rows, identity, speed,
+and the step's conditioning-dropout draws.
+
+All randomness of a step is drawn for the GLOBAL batch (every process draws the same numbers from a generator seeded
+by (seed, step)) and each process takes its slice: N processes with batch B follow the same trajectory as one
+process with batch N x B, and a resumed run the same as an uninterrupted one.
+"""
+import random
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..faces.region_masks import region_masks
+from .forward import TrainBatch, encode_pixels
+
+
+@dataclass
+class StepDraws:
+    """The random choices of one step for the global batch of G samples."""
+    indices: list             # [G] dataset indices
+    use_reference: bool
+    use_audio: bool
+    first_clip: torch.Tensor  # [G] bool
+    timesteps: torch.Tensor   # [G] long
+    noise: torch.Tensor       # [G, 4, f, h, w]
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    return torch.Generator().manual_seed(int(seed) * 1_000_003 + int(step))
+
+
+def draw(cfg, schedule, num_samples: int, global_batch: int, latent_size: int, step: int) -> StepDraws:
+    g = step_generator(cfg.seed, step)
+    indices = torch.randint(0, num_samples, (global_batch,), generator=g).tolist()
+    drops = torch.rand(2, generator=g)
+    first = torch.rand(global_batch, generator=g) < cfg.first_clip
+    shape = torch.zeros(global_batch, 4, cfg.frames, latent_size, latent_size)
+    t, noise = schedule.sample(shape, g, cfg.noise_offset)
+    return StepDraws(indices, bool(drops[0] >= cfg.drop_reference), bool(drops[1] >= cfg.drop_audio), first, t, noise)
+
+
+@contextmanager
+def seeded(seed: int):
+    """Python, NumPy and torch global RNGs seeded for a dataset read (a dataset that draws its window with them
+    then gives the same sample on every process and after a resume), restored afterwards."""
+    py, npy = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.manual_seed(seed)
+        try:
+            yield
+        finally:
+            random.setstate(py)
+            np.random.set_state(npy)
+
+
+def read_samples(dataset, cfg, step: int, indices: list) -> list:
+    out = []
+    for j, i in enumerate(indices):
+        with seeded(cfg.seed * 7_919 + step * 104_729 + j):
+            out.append(dataset[i])
+    return out
+
+
+def make_batch(model, cfg, samples: list, draws: StepDraws, lo: int, audio, stage: int) -> TrainBatch:
+    """samples: this process's samples (global positions lo .. lo + len - 1). audio: AudioFeatures or None."""
+    mc = model.config
+    n, f = cfg.motion_frames, cfg.frames
+    B = len(samples)
+    dev = model.device
+    pixels = torch.stack([torch.as_tensor(s["pixels"]) for s in samples])             # [B, n + f, 3, R, R]
+    ref_px = torch.stack([torch.as_tensor(s["reference"]) for s in samples])          # [B, 3, R, R]
+    R = pixels.shape[-1]
+    if R != mc.resolution:
+        raise ValueError(f"samples are {R} px but the model trains at {mc.resolution} px")
+    lat = encode_pixels(model, torch.cat([pixels.flatten(0, 1), ref_px]).to(dev))
+    frames_lat = lat[: B * (n + f)].unflatten(0, (B, n + f))
+    reference = lat[B * (n + f):]
+    latents = frames_lat[:, n:].permute(0, 2, 1, 3, 4).contiguous()                  # [B, 4, f, h, w]
+    motion = None
+    if n:
+        motion = frames_lat[:, :n].clone()
+        first = draws.first_clip[lo:lo + B].clone()
+        first |= torch.tensor([bool(s.get("first_clip", False)) for s in samples])
+        for b in range(B):
+            if not draws.use_reference:  # uncond: no reference to repeat, zero maps
+                motion[b] = 0
+            elif first[b]:  # the sampler's first clip: the reference latent repeated, or zeros
+                motion[b] = reference[b].expand(n, -1, -1, -1) if mc.first_clip_motion == "reference" else 0
+    face = torch.stack([torch.as_tensor(s["face_mask"]).float() for s in samples])[:, :, None]  # [B, 1, 1, R, R]
+    audio_rows = None
+    if audio is not None and (stage >= 2 or mc.cross_attention == "audio"):
+        audio_rows = torch.stack([audio.rows(s["name"], s["waveform"], *map(int, s["frame_range"])) for s in samples])
+    identity = None
+    proj = model.identity_projection
+    if proj is not None:
+        rows = []
+        for s in samples:
+            e = s.get("identity")
+            ok = e is not None and s.get("has_identity", True) and torch.as_tensor(e).numel() == proj.embed_dim
+            rows.append(torch.as_tensor(e).float().reshape(-1) if ok else torch.zeros(proj.embed_dim))
+        identity = torch.stack(rows)
+    speed = torch.stack([torch.as_tensor(s["speed"]).float() for s in samples]) if stage == 3 else None
+    regions = None
+    if mc.audio_attention and mc.audio_attention.get("regions"):
+        per = [region_masks(face[b, 0, 0].numpy(), mc.latent_size) for b in range(B)]
+        regions = [[torch.cat([p[r][lv] for p in per]) for lv in range(4)] for r in range(3)]
+    return TrainBatch(latents=latents, reference=reference, face_mask=face, motion=motion, audio=audio_rows,
+                      identity=identity, speed=speed, regions=regions, use_reference=draws.use_reference,
+                      use_audio=draws.use_audio).to(dev)

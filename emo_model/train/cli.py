@@ -1,0 +1,45 @@
+"""`python -m emo_model train ...`: the training verb, registered by `add_train_parser` (one call in emo_model/cli.py).
+
+Under `accelerate launch [--multi_gpu --num_processes N ...] -m emo_model train ...` the same command trains on
+several GPUs or machines (docs/training.md)."""
+
+
+
+def add_train_parser(sub) -> None:
+    t = sub.add_parser("train", help="train one EMO stage (1 image, 2 video + audio, 3 speed), or a LoRA")
+    t.add_argument("--stage", type=int, required=True, choices=[1, 2, 3])
+    t.add_argument("--data", required=True, help="a folder written by prepare-data")
+    t.add_argument("--init", required=True,
+                   help="the model to start from: the previous stage's RUN/model, a native/Hallo/EchoMimic model; "
+                        "stage 1 also: an SD1.5 UNet folder, or 'tiny' (toy size, for tests)")
+    t.add_argument("--out", required=True, help="the run folder (checkpoints/, logs/, model/ or lora.safetensors)")
+    t.add_argument("--steps", type=int, default=1000)
+    t.add_argument("--batch", type=int, help="samples per process (default: stage 1 4, stages 2-3 1)")
+    t.add_argument("--frames", type=int, help="target frames per sample (stages 2-3; EMO 12)")
+    t.add_argument("--motion-frames", type=int, help="motion frames before them (stages 2-3; EMO 4)")
+    t.add_argument("--resolution", type=int, help="pixels (default: the data's)")
+    t.add_argument("--lr", type=float, default=1e-5)
+    t.add_argument("--save-every", type=int, default=500, help="checkpoint every K steps")
+    t.add_argument("--resume", help="'latest' (or a checkpoint folder): continue a stopped run in --out")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--lora", type=int, metavar="RANK", help="train LoRA adapters of this rank instead of the weights")
+    t.add_argument("--motion-module", help="stage 2: AnimateDiff v2 motion-module file for the temporal modules")
+    t.add_argument("--vae", help="VAE folder/file when --init has none (SD1.5 UNet, tiny)")
+    t.add_argument("--audio-encoder", help="wav2vec2-base-960h folder when --init has none")
+    t.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no")
+    t.add_argument("--device", choices=["auto", "cpu"], default="auto")
+    t.set_defaults(func=cmd_train)
+
+
+def cmd_train(a) -> int:
+    from .trainer import run_stage
+    opts = {k: getattr(a, k) for k in ("batch", "frames", "motion_frames", "resolution", "lr", "save_every", "resume",
+                                       "seed", "lora", "motion_module", "vae", "audio_encoder", "mixed_precision",
+                                       "device")}
+    r = run_stage(a.stage, a.data, a.init, a.out, a.steps, **opts)
+    if r["model"] or r["lora"]:
+        print(f"wrote {r['model'] or r['lora']}")
+    return 0
+
+
+

@@ -1,0 +1,234 @@
+"""The training loop for all three stages, on accelerate (one process, several GPUs, several machines: launch with
+`accelerate launch ... -m emo_model train ...`; nothing here is distribution code of its own).
+
+RUN/ (the --out folder):
+    train_config.json   the run's TrainConfig (a resume must match it on everything that shapes the trajectory)
+    checkpoints/        step-NNNNNNNN/ resumable checkpoints (checkpointing.py), the newest `keep_checkpoints`
+    logs/               TensorBoard event files (loss, lr, steps/s)
+    model/              the trained model in the native format (full training), written when the run ends
+    lora.safetensors    the LoRA (with --lora), written when the run ends
+"""
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import EMOInputError
+from ..formats.load import save_native
+from . import checkpointing
+from .audio_features import AudioFeatures
+from .batches import draw, make_batch, read_samples
+from .config import TrainConfig
+from .forward import denoise
+from .losses import NoiseSchedule
+from .stages import build_model, set_trainable
+
+
+class _Step(nn.Module):
+    """The module accelerate wraps (DDP): one training forward of the model."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch, noisy, timesteps):
+        return denoise(self.model, batch, noisy, timesteps)
+
+
+def open_data(cfg: TrainConfig, dataset=None):
+    """(dataset, fps, per-frame speeds of all clips, DATA folder or None). `dataset`: an object giving the samples
+    of `data_format.py` (tests); by default EMODataset(DATA)."""
+    from .data_format import read_format, read_index
+    if dataset is not None:
+        speeds = np.asarray(dataset.all_speeds() if hasattr(dataset, "all_speeds") else [], dtype=np.float32)
+        return dataset, float(getattr(dataset, "fps", 25)), speeds, None
+    data = Path(cfg.data)
+    fmt = read_format(data)  # missing / older format: a clear error
+    entries = read_index(data)
+    if not entries:
+        raise EMOInputError(f"{data} holds no prepared clips (index.jsonl is empty): see {data / 'report.jsonl'} for "
+                            "why each video was skipped, and run prepare-data on usable videos")
+    from safetensors.torch import load_file
+
+    from .dataset import EMODataset
+    res = cfg.resolution or fmt.resolution
+    ds = EMODataset(data, frames=cfg.frames, motion_frames=cfg.motion_frames, resolution=res)
+    if len(ds) == 0:
+        raise EMOInputError(f"no clip of {data} is long enough for {cfg.motion_frames} motion + {cfg.frames} frames: "
+                            "lower --frames / --motion-frames or prepare longer videos")
+    speeds = np.concatenate([load_file(str(data / e.meta))["speed"].numpy() for e in entries]) if cfg.stage == 3 else None
+    return ds, float(fmt.fps), speeds, data
+
+
+def _check_resume(cfg: TrainConfig, out: Path) -> None:
+    saved = out / "train_config.json"
+    if cfg.resume is None:
+        if checkpointing.checkpoint_dirs(out):
+            raise EMOInputError(f"{out} already holds checkpoints of a run: pass --resume latest to continue it, or "
+                                "choose a new --out")
+        return
+    checkpointing.find_checkpoint(out, cfg.resume)  # nothing to resume: a clear error
+    if saved.is_file():
+        old = TrainConfig.from_json(saved)
+        diff = [k for k in TrainConfig.TRAJECTORY_KEYS if getattr(old, k) != getattr(cfg, k)]
+        if diff:
+            raise EMOInputError(f"--resume: these settings differ from the run in {out}: "
+                                + ", ".join(f"{k} {getattr(old, k)!r} -> {getattr(cfg, k)!r}" for k in diff)
+                                + ". Resume with the run's settings, or start a new --out")
+
+
+def run(cfg: TrainConfig, dataset=None, on_step=None) -> dict:
+    """Trains one stage. on_step(step, loss) is called on every process after each step (tests).
+    Returns {"losses": [...], "model": path or None, "lora": path or None, "weights": trainable tensors,
+    "steps_per_s": ..., "peak_memory_mb": ...}."""
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+    out = Path(cfg.out)
+    if cfg.resolution is None and dataset is None and Path(cfg.data).is_dir():
+        from .data_format import read_format
+        cfg.resolution = read_format(cfg.data).resolution
+    _check_resume(cfg, out)
+    acc = Accelerator(cpu=cfg.device == "cpu", mixed_precision=cfg.mixed_precision, log_with="tensorboard",
+                      project_dir=str(out / "logs"),
+                      kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    if acc.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        cfg.to_json(out / "train_config.json")
+    ds, fps, speeds, data = open_data(cfg, dataset)
+    with acc.main_process_first():
+        model = build_model(cfg, out / "work", speeds)
+    model.config.fps = fps
+    if cfg.lora:
+        from .lora import add_lora
+        names = add_lora(model, cfg.lora, cfg.lora_alpha)
+    else:
+        names = set_trainable(model, cfg.stage)
+    params = [p for n, p in model.named_parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay,
+                                  eps=cfg.adam_eps)
+    warm = max(1, cfg.warmup_steps)
+    lr_sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warm))
+    start = 0
+    if cfg.resume:
+        ckpt = checkpointing.find_checkpoint(out, cfg.resume)
+        start, weights, opt_state, _ = checkpointing.load_checkpoint(ckpt)
+        own = dict(model.named_parameters())
+        missing = [k for k in names if k not in weights]
+        if missing:
+            raise EMOInputError(f"{ckpt} does not hold this run's trainable weights (e.g. {missing[0]}): it belongs to "
+                                "another run; start a new --out")
+        with torch.no_grad():
+            for k in names:
+                own[k].copy_(weights[k])
+        optimizer.load_state_dict(opt_state)
+        for _ in range(start):
+            lr_sched.step()
+        acc.print(f"resumed from {ckpt} at step {start}")
+    step_module, optimizer = acc.prepare(_Step(model), optimizer)
+    model = acc.unwrap_model(step_module).model
+    model.vae.to(acc.device)
+    schedule = NoiseSchedule(model.config.scheduler)
+    audio = None
+    if model.audio_encoder is not None and (cfg.stage >= 2 or model.config.cross_attention == "audio"):
+        audio = AudioFeatures(model, fps, data)
+    acc.init_trackers("emo-train", config={k: (v if isinstance(v, (int, float, str, bool)) else str(v))
+                                            for k, v in cfg.__dict__.items()})
+    world, rank = acc.num_processes, acc.process_index
+    global_batch = cfg.batch * world
+    lo = rank * cfg.batch
+    losses, t_last, n_last = [], time.perf_counter(), 0
+    t0 = time.perf_counter()
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    for step in range(start, cfg.steps):
+        d = draw(cfg, schedule, len(ds), global_batch, model.config.latent_size, step)
+        samples = read_samples(ds, cfg, step, d.indices[lo:lo + cfg.batch])
+        batch = make_batch(model, cfg, samples, d, lo, audio, cfg.stage)
+        t = d.timesteps[lo:lo + cfg.batch]
+        noisy, target = schedule.noisy_and_target(batch.latents, d.noise[lo:lo + cfg.batch].to(acc.device), t)
+        with acc.autocast():
+            pred = step_module(batch, noisy, t.to(acc.device))
+        loss = schedule.loss(pred, target, t, cfg.snr_gamma)
+        acc.backward(loss)
+        if acc.sync_gradients and cfg.max_grad_norm:
+            acc.clip_grad_norm_(params, cfg.max_grad_norm)
+        optimizer.step()
+        lr_sched.step()
+        optimizer.zero_grad(set_to_none=True)
+        mean_loss = acc.gather(loss.detach()[None]).mean().item()
+        losses.append(mean_loss)
+        if on_step is not None:
+            on_step(step + 1, mean_loss)
+        n_last += 1
+        done = step + 1
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            now = time.perf_counter()
+            rate = n_last / max(now - t_last, 1e-9)
+            lr = lr_sched.get_last_lr()[0]
+            acc.log({"loss": mean_loss, "lr": lr, "steps_per_s": rate}, step=done)
+            acc.print(f"step {done}/{cfg.steps}  loss {mean_loss:.4f}  lr {lr:.2e}  {rate:.3f} steps/s")
+            t_last, n_last = now, 0
+        if done % cfg.save_every == 0 or done == cfg.steps:
+            _save(acc, cfg, out, done, model, names, optimizer)
+    acc.end_training()
+    result = dict(losses=losses, model=None, lora=None, steps_per_s=(cfg.steps - start) / (time.perf_counter() - t0),
+                  weights={k: v.detach().cpu().clone() for k, v in model.named_parameters() if k in set(names)},
+                  peak_memory_mb=_peak_memory_mb())
+    if acc.is_main_process:
+        if cfg.lora:
+            from .lora import save_lora
+            result["lora"] = save_lora(model, out / "lora.safetensors", cfg.lora, cfg.lora_alpha, cfg.stage)
+        else:
+            result["model"] = _save_model(model, out / "model")
+    acc.wait_for_everyone()
+    return result
+
+
+def _save(acc, cfg, out, step, model, names, optimizer) -> None:
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        own = dict(model.named_parameters())
+        checkpointing.save_checkpoint(out, step, {k: own[k] for k in names}, optimizer.state_dict(),
+                                      {"world_size": acc.num_processes}, cfg.keep_checkpoints)
+    acc.wait_for_everyone()
+
+
+def _save_model(model, folder: Path) -> Path:
+    """save_native into a temporary folder, then renamed into place (a failure leaves the old model/ intact)."""
+    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        save_native(model, tmp)
+        if folder.exists():
+            old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+            os.replace(folder, old)
+            os.replace(tmp, folder)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def _peak_memory_mb() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    try:
+        import resource
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    except ImportError:
+        return math.nan
+
+
+def run_stage(stage: int, data, init, out, steps: int, dataset=None, on_step=None, **opts) -> dict:
+    """Python entry point (the learning check calls it): trains `stage` on DATA from `init` into `out` for
+    `steps` steps. opts: any TrainConfig field (batch, frames, motion_frames, resolution, lr, save_every, resume,
+    seed, lora, vae, audio_encoder, drop_audio, ...). Returns what `run` returns."""
+    cfg = TrainConfig(stage=int(stage), data=str(data), init=str(init), out=str(out), steps=int(steps), **opts)
+    return run(cfg, dataset=dataset, on_step=on_step)
