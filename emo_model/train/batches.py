@@ -57,9 +57,10 @@ def seeded(seed: int):
             np.random.set_state(npy)
 
 
-def read_samples(dataset, cfg, step: int, indices: list) -> list:
+def read_samples(dataset, cfg, step: int, indices: list, lo: int = 0) -> list:
+    """The samples at global batch positions lo, lo + 1, ... (dataset indices `indices`)."""
     out = []
-    for j, i in enumerate(indices):
+    for j, i in enumerate(indices, start=lo):
         with seeded(cfg.seed * 7_919 + step * 104_729 + j):
             out.append(dataset[i])
     return out

@@ -9,6 +9,7 @@ Stage 3 (speed): speed layers added (bucket centres/radii from the data's speed 
     and speed layers train, audio frozen (EMO §3.3).
 Modules made fresh here get zero-initialised output layers (AnimateDiff, Hallo): a new module starts as the identity.
 """
+import copy
 import json
 import logging
 from pathlib import Path
@@ -148,7 +149,7 @@ def with_speed_layers(model: EMOModel, speeds: np.ndarray) -> EMOModel:
     """A copy of `model` with EMO's speed layers (zero-initialised attention output: no change at first).
     Buckets: 8 centres evenly over the 5-95 % range of the data's speeds (deg/frame), radius = their spacing
     (EMO publishes neither); the default speed value becomes the data's median."""
-    config = EMOConfig.from_dict({**model.config.__dict__})
+    config = copy.deepcopy(model.config)
     lo, hi = np.quantile(speeds, [0.05, 0.95]) if len(speeds) else (0.0, 1.0)
     hi = max(hi, lo + 0.1)
     centers = np.linspace(lo, hi, 8)
@@ -179,10 +180,9 @@ def load_motion_module(model: EMOModel, path) -> None:
     logger.info("temporal modules from %s (%d tensors)", path, len(sd))
 
 
-def build_model(cfg, work: Path, speeds: np.ndarray | None = None) -> EMOModel:
-    """The model a stage starts from, with the modules it adds (see the module docstring), in fp32 on the CPU.
-    work: a folder for files the model needs (a tiny audio encoder). speeds: all per-frame speeds of the data
-    (stage 3, to place the speed buckets)."""
+def check_init(cfg) -> bool:
+    """Checks that --init suits the stage before any work; True when it is an untrained starting point (tiny, SD1.5
+    UNet folder)."""
     init = str(cfg.init)
     scratch = init == "tiny" or (Path(init).is_dir() and _sd_unet_folder(Path(init)) is not None)
     if scratch:
@@ -190,16 +190,27 @@ def build_model(cfg, work: Path, speeds: np.ndarray | None = None) -> EMOModel:
             raise EMOInputError(f"--init {init} is an untrained starting point: only stage 1 (full training) starts "
                                 "there. Stage 2 continues stage 1's RUN/model, stage 3 stage 2's (or a Hallo/EchoMimic "
                                 "model); a LoRA needs a trained model")
+        return True
+    p = Path(init)
+    if p.is_dir() and (p / "model" / "config.json").is_file() and not (p / "config.json").is_file():
+        raise EMOInputError(f"--init {p} is a training run folder: give its model, {p / 'model'}")
+    from ..formats.load import detect_format
+    detect_format(p)  # not a model: a clear EMOCheckpointError
+    return False
+
+
+def build_model(cfg, work: Path, speeds: np.ndarray | None = None) -> EMOModel:
+    """The model a stage starts from, with the modules it adds (see the module docstring), in fp32 on the CPU.
+    work: a folder for files the model needs (a tiny audio encoder). speeds: all per-frame speeds of the data
+    (stage 3, to place the speed buckets)."""
+    if check_init(cfg):
         model = _from_scratch(cfg, work)
     else:
-        p = Path(init)
-        if p.is_dir() and (p / "model" / "config.json").is_file() and not (p / "config.json").is_file():
-            raise EMOInputError(f"--init {p} is a training run folder: give its model, {p / 'model'}")
-        model = load_model(p, vae_path=cfg.vae or None, audio_encoder_path=cfg.audio_encoder)
+        model = load_model(Path(cfg.init), vae_path=cfg.vae or None, audio_encoder_path=cfg.audio_encoder)
         if model.vae is None:
-            raise EMOInputError(f"{p} has no VAE: give one with --vae")
+            raise EMOInputError(f"{cfg.init} has no VAE: give one with --vae")
         if cfg.stage >= 2 and (model.config.audio_attention is None and model.config.cross_attention != "audio"):
-            raise EMOInputError(f"{p} has no audio layers: stages 2-3 need a model of the EMO/Hallo kind")
+            raise EMOInputError(f"{cfg.init} has no audio layers: stages 2-3 need a model of the EMO/Hallo kind")
     model.float()
     if cfg.resolution:
         model.config.resolution = cfg.resolution

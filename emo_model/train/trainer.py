@@ -12,6 +12,7 @@ import math
 import os
 import shutil
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,7 @@ from .batches import draw, make_batch, read_samples
 from .config import TrainConfig
 from .forward import denoise
 from .losses import NoiseSchedule
-from .stages import build_model, set_trainable
+from .stages import build_model, check_init, set_trainable
 
 
 class _Step(nn.Module):
@@ -93,6 +94,7 @@ def run(cfg: TrainConfig, dataset=None, on_step=None) -> dict:
         from .data_format import read_format
         cfg.resolution = read_format(cfg.data).resolution
     _check_resume(cfg, out)
+    check_init(cfg)
     acc = Accelerator(cpu=cfg.device == "cpu", mixed_precision=cfg.mixed_precision, log_with="tensorboard",
                       project_dir=str(out / "logs"),
                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
@@ -103,6 +105,9 @@ def run(cfg: TrainConfig, dataset=None, on_step=None) -> dict:
     with acc.main_process_first():
         model = build_model(cfg, out / "work", speeds)
     model.config.fps = fps
+    if cfg.frames * cfg.batch < 2 and model.config.latent_size <= 8:
+        raise EMOInputError(f"at {model.config.resolution} px the temporal modules' GroupNorm sees one value per "
+                            "channel with a single frame: use --batch 2 or more (or a larger --resolution)")
     if cfg.lora:
         from .lora import add_lora
         names = add_lora(model, cfg.lora, cfg.lora_alpha)
@@ -126,8 +131,10 @@ def run(cfg: TrainConfig, dataset=None, on_step=None) -> dict:
             for k in names:
                 own[k].copy_(weights[k])
         optimizer.load_state_dict(opt_state)
-        for _ in range(start):
-            lr_sched.step()
+        with warnings.catch_warnings():  # fast-forward of the schedule, before any optimizer step of this process
+            warnings.simplefilter("ignore")
+            for _ in range(start):
+                lr_sched.step()
         acc.print(f"resumed from {ckpt} at step {start}")
     step_module, optimizer = acc.prepare(_Step(model), optimizer)
     model = acc.unwrap_model(step_module).model
@@ -147,7 +154,7 @@ def run(cfg: TrainConfig, dataset=None, on_step=None) -> dict:
         torch.cuda.reset_peak_memory_stats()
     for step in range(start, cfg.steps):
         d = draw(cfg, schedule, len(ds), global_batch, model.config.latent_size, step)
-        samples = read_samples(ds, cfg, step, d.indices[lo:lo + cfg.batch])
+        samples = read_samples(ds, cfg, step, d.indices[lo:lo + cfg.batch], lo)
         batch = make_batch(model, cfg, samples, d, lo, audio, cfg.stage)
         t = d.timesteps[lo:lo + cfg.batch]
         noisy, target = schedule.noisy_and_target(batch.latents, d.noise[lo:lo + cfg.batch].to(acc.device), t)
@@ -175,7 +182,6 @@ def run(cfg: TrainConfig, dataset=None, on_step=None) -> dict:
             t_last, n_last = now, 0
         if done % cfg.save_every == 0 or done == cfg.steps:
             _save(acc, cfg, out, done, model, names, optimizer)
-    acc.end_training()
     result = dict(losses=losses, model=None, lora=None, steps_per_s=(cfg.steps - start) / (time.perf_counter() - t0),
                   weights={k: v.detach().cpu().clone() for k, v in model.named_parameters() if k in set(names)},
                   peak_memory_mb=_peak_memory_mb())
@@ -186,6 +192,7 @@ def run(cfg: TrainConfig, dataset=None, on_step=None) -> dict:
         else:
             result["model"] = _save_model(model, out / "model")
     acc.wait_for_everyone()
+    acc.end_training()
     return result
 
 
