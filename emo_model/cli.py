@@ -114,6 +114,9 @@ def cmd_render(a) -> int:
                     "everything runs; use a real model (README, 'Where model files go') for a real result.")
     out.parent.mkdir(parents=True, exist_ok=True)  # the folder the user named
     model = load_model(a.model, device=device, dtype=_dtype(a.dtype, device))
+    if a.lora:
+        from .train.lora import apply_lora, parse_lora_arg
+        apply_lora(model, *parse_lora_arg(a.lora))
     _threads(model, device)
     if a.compile:  # the first clip pays for compiling; worth it for long tracks on a GPU (see benchmarks/)
         model.backbone.compile()
@@ -200,6 +203,7 @@ def main(argv=None) -> int:
                         "the path of glintr100.onnx or its folder")
     r.add_argument("--pose", help="EchoMimic _pose models: EchoMimic's pose folder (per-frame landmark .pkl/.npy), or a "
                                   "video / folder of drawn pose frames, one per video frame")
+    r.add_argument("--lora", help="a LoRA from `train --lora`, as FILE or FILE:STRENGTH (default strength 1.0)")
     r.add_argument("--compile", action="store_true",
                    help="torch.compile the backbone and the VAE decoder (slow first clip; for long renders on a GPU)")
     r.add_argument("--device", default="auto")

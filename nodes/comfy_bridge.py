@@ -27,6 +27,7 @@ from ..emo_model.errors import EMOCheckpointError, EMOInputError
 CATEGORY = "EMO"
 EMO_FOLDER = "emo"
 FACE_DETECTOR_SUBFOLDER = "face_detectors"
+LORA_SUBFOLDER = "loras"  # models/emo/loras/: LoRAs from `python -m emo_model train --lora`
 FACE_ANALYSIS_SUBFOLDER = "face_analysis"  # Hallo's identity files (glintr100.onnx, scrfd_10g_bnkps.onnx)
 
 EmoModel = io.Custom("EMO_MODEL")
@@ -56,7 +57,7 @@ def list_checkpoints() -> list[str]:
             continue
         for entry in os.listdir(root):
             full = os.path.join(root, entry)
-            if entry.startswith(".") or entry in (FACE_DETECTOR_SUBFOLDER, FACE_ANALYSIS_SUBFOLDER):
+            if entry.startswith(".") or entry in (FACE_DETECTOR_SUBFOLDER, FACE_ANALYSIS_SUBFOLDER, LORA_SUBFOLDER):
                 continue
             if os.path.isdir(full) or os.path.splitext(entry)[1].lower() in folder_paths.supported_pt_extensions:
                 names.add(entry)

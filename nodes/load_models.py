@@ -7,8 +7,8 @@ import folder_paths
 
 from .. import emo_model
 from ..emo_model.errors import EMOCheckpointError
-from .comfy_bridge import (CATEGORY, CHECKPOINT_HINT, EMOBundle, EmoModel, checkpoint_path, emo_roots, io,
-                           list_checkpoints, model_management)
+from .comfy_bridge import (CATEGORY, CHECKPOINT_HINT, LORA_SUBFOLDER, EMOBundle, EmoModel, checkpoint_path, emo_roots,
+                           io, list_checkpoints, model_management)
 
 PRECISIONS = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 FROM_CHECKPOINT = "from checkpoint"
@@ -21,6 +21,32 @@ def _audio_encoders() -> list[str]:
         if os.path.isdir(root):
             names.update(e for e in os.listdir(root) if not e.startswith("."))
     return sorted(names)
+
+
+NO_LORA = "none"
+
+
+def _loras() -> list[str]:
+    """LoRA files in models/emo/loras/ and in ComfyUI's models/loras/."""
+    names = set()
+    for root in emo_roots():
+        d = os.path.join(root, LORA_SUBFOLDER)
+        if os.path.isdir(d):
+            names.update(e for e in os.listdir(d) if e.endswith(".safetensors"))
+    names.update(n for n in folder_paths.get_filename_list("loras") if n.endswith(".safetensors"))
+    return sorted(names)
+
+
+def _lora_path(name: str) -> str:
+    for root in emo_roots():
+        full = os.path.join(root, LORA_SUBFOLDER, name)
+        if os.path.normpath(name) == name and not os.path.isabs(name) and os.path.isfile(full):
+            return full
+    full = folder_paths.get_full_path("loras", name)
+    if full is None:
+        raise EMOCheckpointError(f"LoRA '{name}' not found in models/emo/{LORA_SUBFOLDER}/ or models/loras/: put it "
+                                 f"there, or choose '{NO_LORA}'")
+    return full
 
 
 # EchoMimic file sets: option -> (pose, accelerated) for load_model (None: the loader's default)
@@ -74,6 +100,11 @@ class EMOLoadModels(io.ComfyNode):
                                        "folder holds several. audio: denoising_unet.pth ... (30 steps, CFG 2.5); "
                                        "accelerated: the _acc files (6 steps, no CFG); pose: the _pose files (needs "
                                        "pose frames, see EMO Load Pose). auto: the audio set when present."),
+                io.Combo.Input("lora", options=[NO_LORA, *_loras()], default=NO_LORA, optional=True,
+                               tooltip="A LoRA trained with `python -m emo_model train --lora RANK` (e.g. one "
+                                       "character), from models/emo/loras/ or models/loras/; merged into the weights."),
+                io.Float.Input("lora_strength", default=1.0, min=-2.0, max=2.0, step=0.05, optional=True,
+                               tooltip="How strongly the LoRA applies: 0 = not at all, 1 = as trained."),
             ],
             outputs=[EmoModel.Output(display_name="emo_model", tooltip="The loaded model for the other EMO nodes.")],
         )
@@ -88,7 +119,7 @@ class EMOLoadModels(io.ComfyNode):
 
     @classmethod
     def execute(cls, checkpoint, precision, device, vae=FROM_CHECKPOINT, audio_encoder=FROM_CHECKPOINT,
-                echomimic_set="auto"):
+                echomimic_set="auto", lora=NO_LORA, lora_strength=1.0):
         path = checkpoint_path(checkpoint)
         vae_path, audio_path = _core_file("vae", vae), _core_file("audio_encoders", audio_encoder)
         if device == "cpu":
@@ -103,5 +134,8 @@ class EMOLoadModels(io.ComfyNode):
         pose, accelerated = ECHOMIMIC_SETS.get(echomimic_set, (None, None))
         model = emo_model.load_model(path, device=offload_device, dtype=dtype, vae_path=vae_path,
                                      audio_encoder_path=audio_path, accelerated=accelerated, pose=pose)
+        if lora and lora != NO_LORA:
+            from ..emo_model.train.lora import apply_lora
+            apply_lora(model, _lora_path(lora), lora_strength)
         pipeline = emo_model.EMOPipeline(model)
         return io.NodeOutput(EMOBundle.wrap(checkpoint, model, pipeline, load_device, offload_device, dtype))
