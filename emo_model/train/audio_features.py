@@ -51,7 +51,7 @@ class AudioFeatures:
         else:
             enc = self.pipe.encode_audio(torch.as_tensor(waveform, dtype=torch.float32)[None], 16000, self.fps,
                                          frames_per_clip=1)
-            feats = (enc.stored if enc.features is None else enc.features).float().contiguous()
+            feats = enc.features.float().contiguous()
             if path is not None:
                 try:
                     path.parent.mkdir(parents=True, exist_ok=True)

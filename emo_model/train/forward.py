@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from einops import rearrange
 
-from ..models.backbone import BackboneContext
+from ..models.backbone import BackboneConditions
 from ..models.model import EMOModel
 
 
@@ -91,8 +91,8 @@ def denoise(model: EMOModel, batch: TrainBatch, noisy: torch.Tensor, timesteps: 
     masks = None
     if batch.regions is not None:  # per sample -> per backbone row
         masks = [[m.repeat_interleave(f, 0) for m in levels] for levels in batch.regions]
-    ctx = BackboneContext(
-        ref_rows=[batch.use_reference] * B, ref_bank=bank,
+    conditions = BackboneConditions(
+        tokens=ehs, ref_rows=[batch.use_reference] * B, ref_bank=bank,
         ref_index=torch.arange(B, device=dev).repeat_interleave(f) if bank is not None and B > 1 else None,
-        ref_kv=None, motion=motion, audio=audio if cfg.audio_attention else None, masks=masks, face=face, speed=speed)
-    return model.backbone(noisy, timesteps.repeat_interleave(f), ehs, ctx)
+        motion=motion, audio=audio if cfg.audio_attention else None, masks=masks, face=face, speed=speed)
+    return model.backbone(noisy, timesteps, conditions)
