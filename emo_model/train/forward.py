@@ -2,8 +2,9 @@
 
 `encode_pixels`: frozen VAE, pixels -> scaled latents (the posterior mean, as the sampler encodes references).
 `denoise`: one training forward of ReferenceNet (reference + motion frames), audio projection, face locator, speed
-encoder and backbone, with the same conditions the sampler builds for its full pass (`EMOPipeline._conditions`), or
-for its unconditional pass when the batch drops them.
+encoder and backbone (`EMOModel`'s documented training call), with the same `BackboneConditions` the sampler builds for
+its full pass (`sampling.conditions.ConditionCache.clip`), or for its unconditional pass when the batch drops them.
+One reference per clip: the bank has B rows and `ref_index` picks each clip's for its f frames.
 """
 from dataclasses import dataclass
 
