@@ -70,6 +70,9 @@ def requeue(prompt: dict, extra_pnginfo) -> None:
     """Queue `prompt` again on this ComfyUI server (its HTTP API, as the browser would), after this run."""
     from server import PromptServer
     server = PromptServer.instance
+    # ComfyUI writes each node's fingerprint into the prompt it runs ("is_changed"): sent back as it is, the next run
+    # would reuse this run's fingerprint and serve EMO Frame Batches from the cache
+    prompt = {nid: {k: v for k, v in node.items() if k != "is_changed"} for nid, node in prompt.items()}
     body = {"prompt": prompt, "extra_data": {"extra_pnginfo": extra_pnginfo or {}}}
     if getattr(server, "client_id", None):
         body["client_id"] = server.client_id  # progress and previews go to the browser that queued the first run

@@ -198,3 +198,39 @@ def test_a_failed_batch_is_resumed_by_queueing_again(comfy, monkeypatch):
     results, runs, fb = run_batches(comfy, batches_graph(), monkeypatch)
     assert [r["7"]["outputs"][1].index for r in results] == [1, 2] and not fb._STATE
     assert probe(saved_mp4(comfy, results[-1]["9"]))["frames"] == n
+
+
+def test_requeue_posts_the_prompt_without_comfyuis_fingerprints(comfy, monkeypatch):
+    """The next batch is queued through the server's own /prompt; ComfyUI's per-run `is_changed` entries are left
+    out (sent back, they would serve EMO Frame Batches from the cache and the pass would stop after one batch)."""
+    import http.server
+    import json
+    import threading
+    import types
+    got = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            got.append((self.path, json.loads(self.rfile.read(int(self.headers["Content-Length"])))))
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *a):
+            pass
+    httpd = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.handle_request, daemon=True).start()
+    instance = types.SimpleNamespace(address="0.0.0.0", port=httpd.server_address[1], client_id="browser-1")
+    monkeypatch.setitem(sys.modules, "server", types.SimpleNamespace(PromptServer=types.SimpleNamespace(instance=instance)))
+    fb = importlib.import_module(f"{harness.PACK_MODULE}.nodes.frame_batches")
+    prompt = {"7": {"class_type": "EMOFrameBatches", "inputs": {"frames_per_batch": 4}, "is_changed": [3]}}
+    fb.requeue(prompt, {"workflow": {"nodes": []}})
+    for _ in range(100):
+        if got:
+            break
+        threading.Event().wait(0.05)
+    path, body = got[0]
+    assert path == "/prompt" and body["client_id"] == "browser-1"
+    assert body["prompt"] == {"7": {"class_type": "EMOFrameBatches", "inputs": {"frames_per_batch": 4}}}
+    assert body["extra_data"] == {"extra_pnginfo": {"workflow": {"nodes": []}}}
+    assert prompt["7"]["is_changed"] == [3]  # the running prompt itself is left as it was
