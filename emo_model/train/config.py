@@ -1,7 +1,7 @@
 """TrainConfig: every setting of one training run (one EMO stage), stored as RUN/train_config.json.
 
 Defaults follow EMO's paper where it states them (f = 12, n = 4, lr 1e-5) and Hallo's training code elsewhere
-(../shared/research/training.md §2): v-prediction on the sampler's own noise schedule, min-SNR weighting gamma 5,
+(docs/training.md): v-prediction on the sampler's own noise schedule, min-SNR weighting gamma 5,
 offset noise 0.05, AdamW (0.9, 0.999, wd 1e-2), gradient clipping 1.0, conditioning dropout per step.
 """
 import dataclasses

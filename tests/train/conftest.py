@@ -8,3 +8,10 @@ from tiny_talking_set import TinyTalkingSet
 @pytest.fixture
 def tiny_set():
     return TinyTalkingSet
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """A tiny random native model (the session's one torch thread comes from tests/conftest.py)."""
+    from emo_model import make_tiny
+    return make_tiny(tmp_path_factory.mktemp("tiny") / "model")

@@ -9,7 +9,7 @@ import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
-from emo_model import load_model, make_tiny
+from emo_model import load_model
 from emo_model.errors import EMOCheckpointError
 from emo_model.train.batches import draw, make_batch, read_samples
 from emo_model.train.config import TrainConfig
@@ -19,17 +19,6 @@ from emo_model.train.losses import NoiseSchedule
 from emo_model.train.trainer import run_stage
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    return make_tiny(tmp_path_factory.mktemp("tiny") / "model")
 
 
 def _output(model, cfg, ds):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from emo_model import load_model, make_tiny
+from emo_model import load_model
 from emo_model.errors import EMOError, EMOInputError
 from emo_model.train import checkpointing
 from emo_model.train.batches import draw, make_batch, read_samples
@@ -17,18 +17,6 @@ from emo_model.train.stages import build_model, set_trainable
 from emo_model.train.trainer import run_stage
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One thread: on a loaded 2-core machine two threads per op are several times slower (measured 20x)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    return make_tiny(tmp_path_factory.mktemp("tiny") / "model")
 
 
 def _eval_loss(model, cfg, ds, draws=3):
