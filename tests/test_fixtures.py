@@ -9,6 +9,7 @@ import pytest
 REPO_FIXTURES = Path(__file__).resolve().parent / "fixtures"  # what tests/conftest.py uses without EMO_FIXTURES
 
 LIMIT = 10 * 2**20  # 10 MiB for all sets together
+FILE_LIMIT = 4 * 2**20  # per file: a snapshot of the repository (GitHub fetchers, archives) may drop larger files
 
 COMMON = ["README.md", "fixture_meta.json", "tiny_inference_config.json", "scheduler_config.json",
           "audio.safetensors", "face_locator.safetensors", "unet_forward.safetensors",
@@ -36,6 +37,11 @@ def test_every_file_of_each_set_is_present(name):
 def test_sets_are_small():
     total = sum(f.stat().st_size for f in _files())
     assert 0 < total < LIMIT, f"tests/fixtures holds {total / 2**20:.2f} MiB (limit {LIMIT / 2**20:.0f} MiB)"
+
+
+def test_each_file_is_under_4_mib():
+    big = {str(f.relative_to(REPO_FIXTURES)): f.stat().st_size for f in _files() if f.stat().st_size >= FILE_LIMIT}
+    assert not big, f"fixture files of 4 MiB or more (store weights in fp16 / deflate the .pth zip): {big}"
 
 
 def test_git_keeps_the_fixture_files():

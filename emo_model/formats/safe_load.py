@@ -1,6 +1,7 @@
 """Reading checkpoint files safely: safetensors, or pickles through `torch.load(weights_only=True)` only."""
 import pickle
 import re
+import zipfile
 from pathlib import Path
 
 import torch
@@ -45,6 +46,8 @@ def load_checkpoint(path, fix: str = FIX):
     path = Path(path)
     _check_file(path, fix)
     try:
+        if _compressed_zip(path):  # torch's mmap would hand out the deflated bytes as tensor data, unchecked
+            return torch.load(str(path), map_location="cpu", weights_only=True)
         try:  # memory-mapped: tensors are read from the file when used (recognising a file costs no full read)
             return torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
         except RuntimeError as e:
@@ -59,6 +62,16 @@ def load_checkpoint(path, fix: str = FIX):
                 f"re-saved one: {fix}") from e
         raise EMOCheckpointError(f"{path} could not be read ({_first_line(e)}): the file is probably truncated or "
                                  f"not a PyTorch checkpoint; {fix}") from e
+
+
+def _compressed_zip(path: Path) -> bool:
+    """True for a torch zip checkpoint whose records are compressed (torch.save stores them uncompressed; a file
+    repacked with deflate still loads, but only without mmap: mmap=True reads the compressed bytes as the tensors)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(i.compress_type != zipfile.ZIP_STORED for i in z.infolist())
+    except (zipfile.BadZipFile, OSError):
+        return False  # the legacy (pre-zip) pickle format, or unreadable: torch.load says which
 
 
 def _check_file(path: Path, fix: str = FIX):

@@ -40,6 +40,22 @@ def test_pickle_with_objects_is_refused_in_one_line(tmp_path):
     assert "weights_only" not in msg and "add_safe_globals" not in msg  # none of torch's advice to load it anyway
 
 
+def test_deflated_torch_zip_loads_exactly(tmp_path):
+    """torch.save stores zip records uncompressed; a repacked (deflated) file is still a valid checkpoint, but
+    torch.load(mmap=True) would return the compressed bytes as tensor data: the loader must not map it."""
+    import zipfile
+    stored, deflated = tmp_path / "stored.pth", tmp_path / "deflated.pth"
+    sd = {"w": torch.randn(64, 64, generator=torch.Generator().manual_seed(0)).half(), "b": torch.arange(10.0)}
+    torch.save(sd, stored)
+    with zipfile.ZipFile(stored) as zin, zipfile.ZipFile(deflated, "w", zipfile.ZIP_DEFLATED) as zout:
+        for info in zin.infolist():
+            zout.writestr(info.filename, zin.read(info.filename))
+    loaded = load_tensors(deflated)
+    assert loaded.keys() == sd.keys()
+    for k in sd:
+        assert torch.equal(loaded[k], sd[k]), k
+
+
 def test_truncated_files(tmp_path):
     full = tmp_path / "full.pth"
     torch.save({"w": torch.randn(1000)}, full)
