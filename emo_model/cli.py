@@ -100,6 +100,13 @@ def _threads(model, device: str) -> None:
         torch.set_num_threads(1)
 
 
+def _whole_image(a) -> bool | None:
+    """--whole-image / --no-whole-image as given; unset: None (the model decides) unless a detector was named."""
+    if a.whole_image is None and (a.detector != "auto" or a.detector_file):
+        return False
+    return a.whole_image
+
+
 def cmd_render(a) -> int:
     out = check_render_inputs(a)
     from tqdm import tqdm
@@ -136,7 +143,7 @@ def cmd_render(a) -> int:
                    ref_cfg=a.ref_cfg, speed=a.speed, frames_per_clip=a.frames_per_clip,
                    motion_frames=a.motion_frames, framing=a.framing, detector=a.detector,
                    detector_file=a.detector_file, face_index=a.face_index, margin=a.margin,
-                   whole_image=a.whole_image, identity=a.identity, pose=a.pose,
+                   whole_image=_whole_image(a), identity=a.identity, pose=a.pose,
                    region_weights=(a.pose_weight, a.face_weight, a.lip_weight), progress=progress,
                    overwrite=a.overwrite)
     finally:
@@ -196,7 +203,10 @@ def main(argv=None) -> int:
     r.add_argument("--detector-file", help="ONNX file of the YuNet or SCRFD face detector")
     r.add_argument("--face-index", type=int, default=0, help="which face when there are several (0 = largest)")
     r.add_argument("--margin", type=float, default=0.5, help="space around the face in the crop, as a fraction of the face size")
-    r.add_argument("--whole-image", action="store_true", help="no face detection: animate a centred square of the picture")
+    r.add_argument("--whole-image", action=argparse.BooleanOptionalAction, default=None,
+                   help="no face detection: animate a centred square of the picture (the default for a model trained "
+                        "on `prepare-data --whole-frame` data, unless --detector/--detector-file is given); "
+                        "--no-whole-image: always detect the face")
     r.add_argument("--identity", default="auto",
                    help="Hallo identity tokens: auto (ArcFace glintr100.onnx + scrfd_10g_bnkps.onnx from Hallo's "
                         "pretrained_models/face_analysis/models/ when present, else Hallo's zero embedding), zero, or "

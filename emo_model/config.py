@@ -75,6 +75,9 @@ class EMOConfig:
     ref_cfg: float = 3.5
     fps: float = 25.0
     speed_value: float = 1.0
+    # Trained on whole-frame data (`prepare-data --whole-frame`: already framed faces, e.g. cartoons): render frames
+    # the whole picture (centred square) without face detection unless told otherwise (`sampling.reference`).
+    whole_frame: bool = False
 
     def sampling(self, steps: int | None = None, audio_cfg: float | None = None, ref_cfg: float | None = None,
                  fps: float | None = None) -> SamplingSettings:

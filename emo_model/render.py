@@ -23,11 +23,13 @@ from .media.video import VideoWriter, check_output_path
 
 def render(model, image, audio, out, *, steps=None, seed=0, fps=None, audio_cfg=None, ref_cfg=None, speed=None,
            frames_per_clip=None, motion_frames=None, framing="full", detector="auto", detector_file=None,
-           face_index=0, margin=0.5, whole_image=False, face_mask=None, identity="auto", pose=None,
+           face_index=0, margin=0.5, whole_image=None, face_mask=None, identity="auto", pose=None,
            region_weights=(1.0, 1.0, 1.0), progress=None, overwrite=False) -> dict:
     """model: a loaded EMOModel; image: path, "example" (scikit-image's astronaut) or uint8 [H, W, 3];
     audio: path or (waveform [channels, samples], sample_rate); out: the .mp4 to write. framing: "full" pastes the
-    animated face back into the picture, "crop" writes the square crop. identity (Hallo): "auto" = ArcFace
+    animated face back into the picture, "crop" writes the square crop. whole_image: True = no face detection, the
+    picture's centred square is animated; False = detect the face; None = the model's choice (True for a model trained
+    on `prepare-data --whole-frame` data, said once in the log). identity (Hallo): "auto" = ArcFace
     embedding when glintr100.onnx is beside the checkpoint (Hallo's pretrained_models/face_analysis/models/), else
     Hallo's no-face fallback (zero embedding); "zero" = always the fallback; or a folder / .onnx path. pose
     (EchoMimic `_pose` models): EchoMimic's pose folder, a .npy of landmarks, a folder of drawn frames or a video of

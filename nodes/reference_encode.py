@@ -43,6 +43,16 @@ def _detector_folder(detector: str) -> str | None:
     return None
 
 
+def _whole_image(detector: str, mask) -> bool | None:
+    """'whole image': yes; 'auto' without a mask: the model decides (a whole-frame model: yes); a named detector or
+    a mask: no."""
+    if mask is not None:
+        return False
+    if detector == WHOLE_IMAGE:
+        return True
+    return None if detector == AUTO else False
+
+
 class EMOReferenceEncode(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -60,7 +70,9 @@ class EMOReferenceEncode(io.ComfyNode):
                              tooltip="Which picture of the batch to use: 0 = first, -1 = last."),
                 io.Combo.Input("detector", options=detector_options(), default=AUTO,
                                tooltip="Face detector. auto: a YuNet/SCRFD file from models/emo/face_detectors/ "
-                                       "when there is one, else the built-in LBP cascade. 'whole image': no "
+                                       "when there is one, else the built-in LBP cascade; for a model trained on "
+                                       "whole-frame data (prepare-data --whole-frame) auto means 'whole image' "
+                                       "(pick a detector to detect the face anyway). 'whole image': no "
                                        "detection, the picture (centre square) is the face crop."),
                 io.Int.Input("face_index", default=0, min=0, max=63,
                              tooltip="Which face when there are several: 0 = the largest, 1 = the next, ..."),
@@ -107,7 +119,7 @@ class EMOReferenceEncode(io.ComfyNode):
         prepared = prepare_reference(
             emo_model.model, picture, face_mask=mask, detector=AUTO if detector == WHOLE_IMAGE else detector,
             detector_file=_detector_folder(detector), face_index=face_index, margin=margin,
-            whole_image=detector == WHOLE_IMAGE and mask is None, identity="zero" if identity == ZERO_IDENTITY else "auto",
+            whole_image=_whole_image(detector, mask), identity="zero" if identity == ZERO_IDENTITY else "auto",
             identity_roots=emo_roots(), pose_frames=frames)
         reference, crop = prepared.reference, torch.from_numpy(prepared.face).float() / 255.0  # [res, res, 3]
         info = prepared.crop

@@ -44,16 +44,18 @@ class PreparedReference:
 
 
 def prepare_reference(model, picture: np.ndarray, *, face_mask=None, detector: str = "auto", detector_file=None,
-                      face_index: int = 0, margin: float = DEFAULT_MARGIN, whole_image: bool = False,
+                      face_index: int = 0, margin: float = DEFAULT_MARGIN, whole_image: bool | None = None,
                       identity="auto", identity_roots=(), pose_frames=None) -> PreparedReference:
     """picture: uint8 [H, W, 3] RGB -> the encoded reference, the crop plan and the crop.
 
     face_mask: [H, W] 0..1 marking the face region (replaces detection); detector / detector_file / face_index /
-    margin / whole_image: see `faces.crop.find_crop`. identity (Hallo models; others ignore it): "auto" = ArcFace
+    margin / whole_image: see `faces.crop.find_crop`; whole_image None = the model's choice (`whole_framing`: True
+    for a model trained on whole-frame data, said once in the log), True / False = as told. identity (Hallo models; others ignore it): "auto" = ArcFace
     embedding when glintr100.onnx is beside the checkpoint or under `identity_roots`, else Hallo's no-face fallback
     (zero embedding); "zero" = always the fallback; or a folder / .onnx path. pose_frames: [L, H, W, 3] drawings
     (float 0..1 or uint8) for EchoMimic's pose models, one per video frame.
     Raises: EMOInputError for a picture, mask or pose frames the model cannot use."""
+    whole_image = whole_framing(model, whole_image, face_mask)
     info = find_crop(picture, mask=face_mask, detector=detector, model_path=detector_file, face_index=face_index,
                      margin=margin, resolution=model.config.resolution, whole_image=whole_image)
     face = crop(picture, info)
@@ -63,6 +65,20 @@ def prepare_reference(model, picture: np.ndarray, *, face_mask=None, detector: s
     return PreparedReference(ref, info, face)
 
 
+def whole_framing(model, whole_image: bool | None, face_mask=None) -> bool:
+    """Whether the picture is framed whole (centred square, no face detection). whole_image True / False: as the user
+    said; None: a given face_mask decides (no), else the model: True when it was trained on whole-frame data
+    (`config.whole_frame`, `prepare-data --whole-frame`), said once in the log."""
+    if whole_image is not None:
+        return bool(whole_image)
+    if face_mask is not None or not getattr(model.config, "whole_frame", False):
+        return False
+    logger.info("this model was trained on whole-frame data (prepare-data --whole-frame): the whole picture (its "
+                "centred square) is animated without face detection. To detect the face instead: render "
+                "--no-whole-image, or pick a detector in EMO Reference Encode")
+    return True
+
+
 def reference_identity(model, face: np.ndarray, identity="auto", identity_roots=()) -> np.ndarray | None:
     """Hallo's identity embedding [512] of the crop `face` (uint8 [res, res, 3]), or None (the zero embedding):
     see `prepare_reference`'s `identity`. None for models without identity tokens."""
@@ -70,11 +86,8 @@ def reference_identity(model, face: np.ndarray, identity="auto", identity_roots=
         return None
     if identity != "auto":
         return face_embedding(face, Path(identity))
-    emb = identity_embedding(face, identity_model_folders(model.sources.get("checkpoint"), identity_roots))
-    if emb is None:
-        logger.info("no glintr100.onnx found beside the checkpoint: Hallo's identity tokens use the zero "
-                    "embedding, as Hallo's own script does without a face embedding")
-    return emb
+    # None: no glintr100.onnx found (said once by identity_embedding): Hallo's zero embedding
+    return identity_embedding(face, identity_model_folders(model.sources.get("checkpoint"), identity_roots))
 
 
 @torch.no_grad()

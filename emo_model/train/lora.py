@@ -5,8 +5,10 @@ cross-attention (reference-attention included), the audio-attention layers and t
 attention too, when the model has it). ReferenceNet, the VAE and the audio encoder get none.
 
 File: one safetensors, keys `<module path in the backbone UNet>.lora_A.weight` [r, in] / `.lora_B.weight` [out, r],
-metadata {"format": "emo-lora", "version": "1", "rank", "alpha", "targets" (JSON list), "base_kind", "stage"}.
-Applying merges W += strength * alpha / rank * B @ A into the loaded model's weights (no peft at render time).
+metadata {"format": "emo-lora", "version": "1", "rank", "alpha", "targets" (JSON list), "base_kind", "stage",
+"whole_frame" ("true" when trained on `prepare-data --whole-frame` data)}.
+Applying merges W += strength * alpha / rank * B @ A into the loaded model's weights (no peft at render time); a
+whole-frame LoRA also sets the model's `config.whole_frame` (render then frames the whole picture).
 """
 import json
 from pathlib import Path
@@ -43,12 +45,13 @@ def lora_tensors(model: EMOModel) -> dict:
     return {k: v.detach().float().cpu().contiguous() for k, v in get_peft_model_state_dict(model.backbone.unet).items()}
 
 
-def save_lora(model: EMOModel, path, rank: int, alpha: float | None, stage: int) -> Path:
+def save_lora(model: EMOModel, path, rank: int, alpha: float | None, stage: int, whole_frame: bool = False) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     meta = {"format": FORMAT, "version": "1", "rank": str(rank), "alpha": str(alpha or rank),
-            "targets": json.dumps(TARGETS), "base_kind": model.config.kind, "stage": str(stage)}
+            "targets": json.dumps(TARGETS), "base_kind": model.config.kind, "stage": str(stage),
+            "whole_frame": "true" if whole_frame else "false"}
     save_file(lora_tensors(model), str(tmp), metadata=meta)
     tmp.replace(path)
     return path
@@ -94,4 +97,6 @@ def apply_lora(model: EMOModel, file, strength: float = 1.0) -> EMOModel:
                                      "another model; load the model it was made for")
         w = target.weight
         w.copy_((w.float() + scale * (b.float().to(w.device) @ a.to(w.device))).to(w.dtype))
+    if meta.get("whole_frame") == "true" and strength != 0:
+        model.config.whole_frame = True
     return model

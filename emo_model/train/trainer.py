@@ -12,7 +12,6 @@ import math
 import os
 import shutil
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -42,12 +41,13 @@ class _Step(nn.Module):
 
 
 def open_data(cfg: TrainConfig, dataset=None):
-    """(dataset, fps, per-frame speeds of all clips, DATA folder or None). `dataset`: an object giving the samples
-    of `data_format.py` (tests); by default EMODataset(DATA)."""
+    """(dataset, fps, per-frame speeds of all clips, DATA folder or None, whole_frame). `dataset`: an object giving
+    the samples of `data_format.py` (tests; its `whole_frame` attribute, default False); by default EMODataset(DATA).
+    whole_frame: the data was prepared with --whole-frame (recorded in the trained model's config)."""
     from .data_format import read_format, read_index
     if dataset is not None:
         speeds = np.asarray(dataset.all_speeds() if hasattr(dataset, "all_speeds") else [], dtype=np.float32)
-        return dataset, float(getattr(dataset, "fps", 25)), speeds, None
+        return dataset, float(getattr(dataset, "fps", 25)), speeds, None, bool(getattr(dataset, "whole_frame", False))
     data = Path(cfg.data)
     fmt = read_format(data)  # missing / older format: a clear error
     entries = read_index(data)
@@ -63,7 +63,7 @@ def open_data(cfg: TrainConfig, dataset=None):
         raise EMOInputError(f"no clip of {data} is long enough for {cfg.motion_frames} motion + {cfg.frames} frames: "
                             "lower --frames / --motion-frames or prepare longer videos")
     speeds = np.concatenate([load_file(str(data / e.meta))["speed"].numpy() for e in entries]) if cfg.stage == 3 else None
-    return ds, float(fmt.fps), speeds, data
+    return ds, float(fmt.fps), speeds, data, bool(fmt.whole_frame)
 
 
 def _check_resume(cfg: TrainConfig, out: Path) -> None:
@@ -85,7 +85,7 @@ def _check_resume(cfg: TrainConfig, out: Path) -> None:
 
 def run(cfg: TrainConfig, dataset=None, on_step=None) -> dict:
     """Trains one stage. on_step(step, loss) is called on every process after each step (tests).
-    Returns {"losses": [...], "model": path or None, "lora": path or None, "weights": trainable tensors,
+    Returns {"losses": [...], "lrs": [...] (per step), "model": path or None, "lora": path or None, "weights": trainable tensors,
     "steps_per_s": ..., "peak_memory_mb": ...}."""
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
@@ -101,10 +101,11 @@ def run(cfg: TrainConfig, dataset=None, on_step=None) -> dict:
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         cfg.to_json(out / "train_config.json")
-    ds, fps, speeds, data = open_data(cfg, dataset)
+    ds, fps, speeds, data, whole_frame = open_data(cfg, dataset)
     with acc.main_process_first():
         model = build_model(cfg, out / "work", speeds)
     model.config.fps = fps
+    model.config.whole_frame = whole_frame  # render then frames the whole picture (no face detection)
     if cfg.frames * cfg.batch < 2 and model.config.latent_size <= 8:
         raise EMOInputError(f"at {model.config.resolution} px the temporal modules' GroupNorm sees one value per "
                             "channel with a single frame: use --batch 2 or more (or a larger --resolution)")
@@ -116,8 +117,6 @@ def run(cfg: TrainConfig, dataset=None, on_step=None) -> dict:
     params = [p for n, p in model.named_parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay,
                                   eps=cfg.adam_eps)
-    warm = max(1, cfg.warmup_steps)
-    lr_sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warm))
     start = 0
     if cfg.resume:
         ckpt = checkpointing.find_checkpoint(out, cfg.resume)
@@ -131,10 +130,6 @@ def run(cfg: TrainConfig, dataset=None, on_step=None) -> dict:
             for k in names:
                 own[k].copy_(weights[k])
         optimizer.load_state_dict(opt_state)
-        with warnings.catch_warnings():  # fast-forward of the schedule, before any optimizer step of this process
-            warnings.simplefilter("ignore")
-            for _ in range(start):
-                lr_sched.step()
         acc.print(f"resumed from {ckpt} at step {start}")
     step_module, optimizer = acc.prepare(_Step(model), optimizer)
     model = acc.unwrap_model(step_module).model
@@ -148,7 +143,7 @@ def run(cfg: TrainConfig, dataset=None, on_step=None) -> dict:
     world, rank = acc.num_processes, acc.process_index
     global_batch = cfg.batch * world
     lo = rank * cfg.batch
-    losses, t_last, n_last = [], time.perf_counter(), 0
+    losses, lrs, t_last, n_last = [], [], time.perf_counter(), 0
     t0 = time.perf_counter()
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
@@ -156,6 +151,9 @@ def run(cfg: TrainConfig, dataset=None, on_step=None) -> dict:
         d = draw(cfg, schedule, len(ds), global_batch, model.config.latent_size, step)
         samples = read_samples(ds, cfg, step, d.indices[lo:lo + cfg.batch], lo)
         batch = make_batch(model, cfg, samples, d, lo, audio, cfg.stage)
+        lr = learning_rate(cfg, step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
         t = d.timesteps[lo:lo + cfg.batch]
         noisy, target = schedule.noisy_and_target(batch.latents, d.noise[lo:lo + cfg.batch].to(acc.device), t)
         with acc.autocast():
@@ -165,10 +163,10 @@ def run(cfg: TrainConfig, dataset=None, on_step=None) -> dict:
         if acc.sync_gradients and cfg.max_grad_norm:
             acc.clip_grad_norm_(params, cfg.max_grad_norm)
         optimizer.step()
-        lr_sched.step()
         optimizer.zero_grad(set_to_none=True)
         mean_loss = acc.gather(loss.detach()[None]).mean().item()
         losses.append(mean_loss)
+        lrs.append(lr)
         if on_step is not None:
             on_step(step + 1, mean_loss)
         n_last += 1
@@ -176,24 +174,35 @@ def run(cfg: TrainConfig, dataset=None, on_step=None) -> dict:
         if done % cfg.log_every == 0 or done == cfg.steps:
             now = time.perf_counter()
             rate = n_last / max(now - t_last, 1e-9)
-            lr = lr_sched.get_last_lr()[0]
             acc.log({"loss": mean_loss, "lr": lr, "steps_per_s": rate}, step=done)
             acc.print(f"step {done}/{cfg.steps}  loss {mean_loss:.4f}  lr {lr:.2e}  {rate:.3f} steps/s")
             t_last, n_last = now, 0
         if done % cfg.save_every == 0 or done == cfg.steps:
             _save(acc, cfg, out, done, model, names, optimizer)
-    result = dict(losses=losses, model=None, lora=None, steps_per_s=(cfg.steps - start) / (time.perf_counter() - t0),
+    result = dict(losses=losses, lrs=lrs, model=None, lora=None, steps_per_s=(cfg.steps - start) / (time.perf_counter() - t0),
                   weights={k: v.detach().cpu().clone() for k, v in model.named_parameters() if k in set(names)},
                   peak_memory_mb=_peak_memory_mb())
     if acc.is_main_process:
         if cfg.lora:
             from .lora import save_lora
-            result["lora"] = save_lora(model, out / "lora.safetensors", cfg.lora, cfg.lora_alpha, cfg.stage)
+            result["lora"] = save_lora(model, out / "lora.safetensors", cfg.lora, cfg.lora_alpha, cfg.stage,
+                                       whole_frame=whole_frame)
         else:
             result["model"] = _save_model(model, out / "model")
     acc.wait_for_everyone()
     acc.end_training()
     return result
+
+
+def learning_rate(cfg: TrainConfig, step: int) -> float:
+    """The learning rate of (0-based) step `step`: linear warm-up over `warmup_steps`, then constant (Hallo).
+
+    A pure function of the step, set on the optimizer before each step, rather than an LRScheduler object: a resumed
+    run gets exactly the uninterrupted run's rate with no scheduler state to store or fast-forward. (Fast-forwarding
+    torch's LambdaLR by calling `step()` `start` times before this process's first `optimizer.step()` is what made
+    torch warn "Detected call of `lr_scheduler.step()` before `optimizer.step()`" on every resume; it had been hidden
+    behind a warnings filter.)"""
+    return cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
 
 
 def _save(acc, cfg, out, step, model, names, optimizer) -> None:

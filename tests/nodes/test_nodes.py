@@ -243,6 +243,28 @@ def test_reference_encode_mask_replaces_detection_and_no_face_is_a_clear_error(c
                                                   detector="auto", face_index=0, margin=0.5)
 
 
+def test_reference_encode_auto_frames_the_whole_picture_for_a_whole_frame_model(comfy, loaded, caplog):
+    """A model trained on `prepare-data --whole-frame` data: 'auto' animates the whole picture (said once in the
+    log); a named detector or a mask still decides."""
+    import logging
+    errors = pack_module("emo_model.errors")
+    blank = torch.full((1, 200, 300, 3), 0.5)
+    loaded.bundle.model.config.whole_frame = True
+    with caplog.at_level(logging.INFO):
+        _, info, face = node(comfy, "EMOReferenceEncode").execute(emo_model=loaded.bundle, image=blank, frame_index=0,
+                                                                  detector="auto", face_index=0, margin=0.5).args
+    assert info.crop.mode == "whole" and info.crop.box == (50, 0, 200)
+    assert sum("trained on whole-frame data" in r.getMessage() for r in caplog.records) == 1
+    with pytest.raises(errors.EMOInputError, match="no face found"):
+        node(comfy, "EMOReferenceEncode").execute(emo_model=loaded.bundle, image=blank, frame_index=0,
+                                                  detector="lbp (built-in)", face_index=0, margin=0.5)
+    mask = torch.zeros(1, 200, 300)
+    mask[0, 50:110, 120:170] = 1
+    _, info, _ = node(comfy, "EMOReferenceEncode").execute(emo_model=loaded.bundle, image=blank, frame_index=0,
+                                                           detector="auto", face_index=0, margin=0.5, face_mask=mask).args
+    assert info.crop.mode == "mask"
+
+
 @pytest.mark.parametrize("method", ["latent2rgb", "none"])
 def test_sampler_reports_every_step_with_comfyui_previews_through_model_management(comfy, loaded, monkeypatch,
                                                                                    method):

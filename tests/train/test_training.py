@@ -1,6 +1,7 @@
 """The trainer on a tiny in-memory set (conftest.TinyTalkingSet): loss falls, the saved model renders, resume
 follows the same trajectory, each stage trains exactly its modules, bad input gives clear errors."""
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -50,12 +51,22 @@ def test_stage1_loss_falls_and_model_renders(tmp_path, tiny_set):
     assert s["frames"] == 6 and (tmp_path / "out.mp4").stat().st_size > 0
 
 
-def test_resume_follows_the_same_trajectory(tmp_path, tiny_set, tiny_model):
+def test_resume_follows_the_same_trajectory(tmp_path, tiny_set, tiny_model, capfd):
     ds = tiny_set(frames=2, motion_frames=1)
-    opts = dict(batch=1, frames=2, motion_frames=1, lr=1e-3, device="cpu", save_every=2, seed=3)
+    # resumed inside the warm-up: the learning rate must continue the ramp
+    opts = dict(batch=1, frames=2, motion_frames=1, lr=1e-3, device="cpu", save_every=2, seed=3, warmup_steps=3)
     straight = run_stage(2, "memory", tiny_model, tmp_path / "a", 4, dataset=ds, **opts)
     first = run_stage(2, "memory", tiny_model, tmp_path / "b", 2, dataset=ds, **opts)
-    second = run_stage(2, "memory", tiny_model, tmp_path / "b", 4, dataset=ds, resume="latest", **opts)
+    capfd.readouterr()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        second = run_stage(2, "memory", tiny_model, tmp_path / "b", 4, dataset=ds, resume="latest", **opts)
+    err = capfd.readouterr().err
+    assert not [w for w in caught if "lr_scheduler" in str(w.message) or "optimizer" in str(w.message)], \
+        [str(w.message) for w in caught]
+    assert "lr_scheduler" not in err and "Warning" not in err, err
+    np.testing.assert_allclose(straight["lrs"], [1e-3 / 3, 2e-3 / 3, 1e-3, 1e-3], rtol=1e-6)
+    np.testing.assert_allclose(first["lrs"] + second["lrs"], straight["lrs"], rtol=1e-6)
     np.testing.assert_allclose(first["losses"] + second["losses"], straight["losses"], rtol=1e-4, atol=1e-6)
     for k, v in straight["weights"].items():
         torch.testing.assert_close(second["weights"][k], v, rtol=1e-4, atol=1e-6)
