@@ -52,8 +52,11 @@ def save_lora(model: EMOModel, path, rank: int, alpha: float | None, stage: int,
     meta = {"format": FORMAT, "version": "1", "rank": str(rank), "alpha": str(alpha or rank),
             "targets": json.dumps(TARGETS), "base_kind": model.config.kind, "stage": str(stage),
             "whole_frame": "true" if whole_frame else "false"}
-    save_file(lora_tensors(model), str(tmp), metadata=meta)
-    tmp.replace(path)
+    try:
+        save_file(lora_tensors(model), str(tmp), metadata=meta)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 

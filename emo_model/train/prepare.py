@@ -18,17 +18,19 @@ Per video (file order by name), each step's failure is one line in DATA/report.j
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import shutil
 from pathlib import Path
 
+import av
 import cv2
 import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from ..errors import EMOInputError
+from ..errors import EMOError, EMOInputError
 from ..faces.crop import DEFAULT_MARGIN, crop, face_region_mask, plan_crop
 from ..faces.detect import FaceBox, detect_faces, resolve_detector
 from ..faces.region_masks import _lip_box
@@ -40,6 +42,7 @@ from .video_source import CorruptVideo, audio_start, iter_frames
 
 logger = logging.getLogger(__name__)
 
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)  # disk full, over quota, read-only file system
 MAX_MISMATCH_FRAMES = 3   # Hallo drops |video frames - audio frames| > 3
 TWO_FACES_AREA = 0.4
 SPEED_SIDE = 128          # px: crops are scaled to at most this for the motion estimate
@@ -281,6 +284,13 @@ def prepare_data(videos, data, fps: int = 25, resolution: int = 512, detector: s
             fmt.append_report(data, video.name, str(e))
             skipped.append((video.name, str(e)))
             continue
+        except (OSError, av.error.FFmpegError) as e:  # the disk filled up (or DATA became unwritable) mid-video
+            shutil.rmtree(fmt.clip_dir(data, name), ignore_errors=True)
+            if getattr(e, "errno", None) not in WRITE_ERRNOS:
+                raise
+            raise EMOError(f"could not write {fmt.clip_dir(data, name)} ({e.strerror or e}): that video was removed, "
+                           f"the {len(index) + len(done)} finished before it are kept. Free disk space and rerun the same "
+                           "command: it continues with the videos not yet done") from None
         fmt.append_index(data, entry)
         done.append(name)
     if not index and not done:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import EMOInputError
+from ..errors import EMOError, EMOInputError
 from ..formats.load import save_native
 from . import checkpointing
 from .audio_features import AudioFeatures
@@ -95,13 +95,13 @@ def run(cfg: TrainConfig, dataset=None, on_step=None) -> dict:
         cfg.resolution = read_format(cfg.data).resolution
     _check_resume(cfg, out)
     check_init(cfg)
+    ds, fps, speeds, data, whole_frame = open_data(cfg, dataset)  # bad DATA: an error before RUN/ is made
     acc = Accelerator(cpu=cfg.device == "cpu", mixed_precision=cfg.mixed_precision, log_with="tensorboard",
                       project_dir=str(out / "logs"),
                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         cfg.to_json(out / "train_config.json")
-    ds, fps, speeds, data, whole_frame = open_data(cfg, dataset)
     with acc.main_process_first():
         model = build_model(cfg, out / "work", speeds)
     model.config.fps = fps
@@ -185,10 +185,16 @@ def run(cfg: TrainConfig, dataset=None, on_step=None) -> dict:
     if acc.is_main_process:
         if cfg.lora:
             from .lora import save_lora
-            result["lora"] = save_lora(model, out / "lora.safetensors", cfg.lora, cfg.lora_alpha, cfg.stage,
-                                       whole_frame=whole_frame)
+            try:
+                result["lora"] = save_lora(model, out / "lora.safetensors", cfg.lora, cfg.lora_alpha, cfg.stage,
+                                           whole_frame=whole_frame)
+            except OSError as e:
+                raise _save_error(out / "lora.safetensors", e, out) from None
         else:
-            result["model"] = _save_model(model, out / "model")
+            try:
+                result["model"] = _save_model(model, out / "model")
+            except OSError as e:
+                raise _save_error(out / "model", e, out) from None
     acc.wait_for_everyone()
     acc.end_training()
     return result
@@ -212,6 +218,15 @@ def _save(acc, cfg, out, step, model, names, optimizer) -> None:
         checkpointing.save_checkpoint(out, step, {k: own[k] for k in names}, optimizer.state_dict(),
                                       {"world_size": acc.num_processes}, cfg.keep_checkpoints)
     acc.wait_for_everyone()
+
+
+def _save_error(what: Path, e: OSError, out: Path) -> EMOError:
+    """A failure writing the trained model or LoRA (e.g. a full disk): nothing half-written is left under its name,
+    and the last checkpoint (written at the last step) can write it again."""
+    kept = checkpointing.checkpoint_dirs(out)
+    return EMOError(f"could not write {what} ({e.strerror or e}); nothing half-written was left there"
+                    + (f". The run's last checkpoint {kept[-1]} is complete: free disk space and rerun the same "
+                       "command with --resume latest to write it" if kept else ""))
 
 
 def _save_model(model, folder: Path) -> Path:

@@ -241,3 +241,28 @@ def test_dataset_stage1_resize_seek_and_errors(prepared):
     short = EMODataset(data, frames=40, motion_frames=4)  # talk_a has exactly 40: no room for motion frames
     smp = next(short[i] for i in range(len(short)) if short.entries[short[i]["video"]].name == "talk_a")
     assert smp["first_clip"] and smp["frame_range"] == (0, 40)
+
+
+def test_disk_full_while_preparing_keeps_finished_videos(tmp_path, monkeypatch):
+    from emo_model.errors import EMOError
+    from emo_model.train import prepare
+    v = tmp_path / "videos"
+    v.mkdir()
+    for i, name in enumerate(("a.mp4", "b.mp4")):
+        s.talking_video(v / name, i, i, 0.8, size=64)
+    real, calls = prepare.save_file, {"n": 0}
+
+    def full_disk(*a, **k):
+        calls["n"] += 1
+        if calls["n"] > 2:  # the second video's first file
+            raise OSError(28, "No space left on device")
+        return real(*a, **k)
+
+    monkeypatch.setattr(prepare, "save_file", full_disk)
+    data = tmp_path / "data"
+    with pytest.raises(EMOError, match="could not write .*clips.b .*No space left.*rerun the same command"):
+        prepare_data(v, data, resolution=R, whole_frame=True, progress=False)
+    assert [e.name for e in fmt.read_index(data)] == ["a"] and not (data / "clips" / "b").exists()
+    monkeypatch.setattr(prepare, "save_file", real)
+    again = prepare_data(v, data, resolution=R, whole_frame=True, progress=False)
+    assert again["done"] == ["b"] and again["kept"] == 1

@@ -2,6 +2,7 @@
 follows the same trajectory, each stage trains exactly its modules, bad input gives clear errors."""
 import json
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -146,3 +147,45 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path, tiny_set
     assert sorted(p.name for p in root.iterdir()) == ["step-00000001"]
     r = run_stage(1, "memory", "tiny", tmp_path / "run", 2, dataset=ds, resume="latest", **opts)
     assert len(r["losses"]) == 1 and (tmp_path / "run" / "model" / "config.json").is_file()
+
+
+def test_disk_full_while_writing_the_model_then_resume_writes_it(tmp_path, tiny_set, monkeypatch):
+    from emo_model.train import trainer
+    ds = tiny_set()
+    opts = dict(batch=2, lr=1e-3, device="cpu", save_every=100)
+    real = trainer.save_native
+
+    def full_disk(model, folder, *a, **k):
+        (Path(folder) / "half.safetensors").parent.mkdir(parents=True, exist_ok=True)
+        (Path(folder) / "half.safetensors").write_bytes(b"x")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(trainer, "save_native", full_disk)
+    with pytest.raises(EMOError, match="step-00000002 is complete.*--resume latest"):
+        run_stage(1, "memory", "tiny", tmp_path / "run", 2, dataset=ds, **opts)
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["checkpoints", "logs", "train_config.json", "work"]
+    monkeypatch.setattr(trainer, "save_native", real)
+    r = run_stage(1, "memory", "tiny", tmp_path / "run", 2, dataset=ds, resume="latest", **opts)
+    assert r["losses"] == [] and load_model(r["model"]).config.resolution == 64
+
+
+def test_bad_init_resume_and_data_are_clear_errors_before_anything_is_written(tmp_path, tiny_set, capsys):
+    from emo_model.cli import main
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "format.json").write_text(json.dumps({"format": "emo-train-data", "version": 1, "resolution": 64}))
+    (data / "index.jsonl").write_text("")
+    train = ["train", "--data", str(data), "--steps", "1"]
+    # --init that is no model (here the DATA folder) for stage 2
+    assert main(train + ["--stage", "2", "--init", str(data), "--out", str(tmp_path / "r1")]) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and str(data) in err and "Traceback" not in err
+    # --resume naming a folder that is not a checkpoint
+    assert main(train + ["--stage", "1", "--init", "tiny", "--out", str(tmp_path / "r2"), "--resume",
+                         str(tmp_path)]) == 2
+    assert "not a checkpoint folder" in capsys.readouterr().err
+    # DATA that is not there / holds nothing: the error comes before RUN/ is made
+    for bad, why in ((tmp_path / "missing", "no format.json"), (data, "no prepared clips")):
+        with pytest.raises(EMOInputError, match=why):
+            run_stage(1, bad, "tiny", tmp_path / "r3", 1)
+        assert not (tmp_path / "r3").exists()
