@@ -189,3 +189,34 @@ def test_bad_init_resume_and_data_are_clear_errors_before_anything_is_written(tm
         with pytest.raises(EMOInputError, match=why):
             run_stage(1, bad, "tiny", tmp_path / "r3", 1)
         assert not (tmp_path / "r3").exists()
+
+
+def test_identity_embedding_of_the_data_conditions_training_as_in_hallo(tmp_path, tiny_set):
+    """Hallo trains its identity projection (imageproj) on each clip's ArcFace embedding (prepare-data
+    --identity-model); a clip without one, and the reference-dropped step, get proj(zeros) as the sampler does."""
+    ds = tiny_set()
+    cfg = TrainConfig(stage=1, data="memory", init="tiny", out=str(tmp_path), steps=1, batch=2, drop_reference=0.0)
+    model = build_model(cfg, tmp_path / "work")
+    set_trainable(model, 1)
+    dim = model.identity_projection.embed_dim
+    sched = NoiseSchedule(model.config.scheduler)
+
+    def proj_grad(with_identity, use_reference=True):
+        d = draw(cfg, sched, len(ds), 2, model.config.latent_size, 0)
+        d.use_reference = use_reference
+        samples = read_samples(ds, cfg, 0, d.indices)
+        for k, smp in enumerate(samples):
+            smp["identity"] = torch.full((dim,), 0.5 + k) if with_identity else torch.zeros(512)
+            smp["has_identity"] = with_identity
+        b = make_batch(model, cfg, samples, d, 0, None, 1)
+        if with_identity and use_reference:
+            torch.testing.assert_close(b.identity[1], torch.full((dim,), 1.5))
+        model.zero_grad()
+        noisy, target = sched.noisy_and_target(b.latents, d.noise, d.timesteps)
+        sched.loss(denoise(model, b, noisy, d.timesteps), target, d.timesteps, None).backward()
+        g = model.identity_projection.proj.weight.grad
+        return 0.0 if g is None else g.abs().sum().item()
+
+    assert proj_grad(True) > 0
+    assert proj_grad(False) == 0.0                       # zero embedding: the weight sees no input
+    assert proj_grad(True, use_reference=False) == 0.0   # dropped step: proj(zeros), as the sampler's uncond pass
