@@ -1,7 +1,7 @@
 """Training throughput: steps/s and peak memory of each EMO stage, on the tiny model (CPU) or the full-size one (GPU).
 
 Tiny (default): the real architecture at toy size (`tiny` init, 64 px) on an in-memory talking-face set
-(tests/train/conftest.py). Full (--full, GPU): SD1.5-sized EMO model with random weights at --resolution, stage 2
+(tests/train/tiny_talking_set.py). Full (--full, GPU): SD1.5-sized EMO model with random weights at --resolution, stage 2
 with --lora RANK or full training (random weights: speed does not depend on their values; nothing is downloaded).
 
     python benchmarks/bench_train.py --threads 1                         # CPU tiny, stages 1-3
@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT / "tests" / "train"))
 
 
 def tiny(args):
-    from conftest import TinyTalkingSet
+    from tiny_talking_set import TinyTalkingSet
 
     from emo_model import make_tiny
     from emo_model.train import run_stage
@@ -33,10 +33,14 @@ def tiny(args):
         init = "tiny" if stage == 1 else model
         ds = TinyTalkingSet(frames=f, motion_frames=n, length=max(24, f + n + 2))
         kw = {} if stage == 1 else dict(frames=f, motion_frames=n)
+        marks = []  # (wall, CPU time of this process) after each step: the first step is the warm-up
         r = run_stage(stage, "memory", init, work / f"run{stage}", args.steps + 1, dataset=ds, batch=b, device="cpu",
-                      save_every=10**6, log_every=10**6, **kw)
+                      save_every=10**6, log_every=10**6,
+                      on_step=lambda step, loss: marks.append((time.perf_counter(), time.process_time())), **kw)
+        wall, cpu = (marks[-1][i] - marks[0][i] for i in (0, 1))
         rows.append(dict(stage=stage, batch=b, frames=f, motion_frames=n, resolution=64,
-                         steps_per_s=round(r["steps_per_s"], 3), peak_rss_mb=round(r["peak_memory_mb"])))
+                         steps_per_s=round(args.steps / wall, 3), s_per_step=round(wall / args.steps, 2),
+                         cpu_s_per_step=round(cpu / args.steps, 2), peak_rss_mb=round(r["peak_memory_mb"])))
         print(json.dumps(rows[-1]), flush=True)
     return rows
 

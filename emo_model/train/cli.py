@@ -26,7 +26,8 @@ def add_train_parser(sub) -> None:
     t.add_argument("--motion-module", help="stage 2: AnimateDiff v2 motion-module file for the temporal modules")
     t.add_argument("--vae", help="VAE folder/file when --init has none (SD1.5 UNet, tiny)")
     t.add_argument("--audio-encoder", help="wav2vec2-base-960h folder when --init has none")
-    t.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no")
+    t.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"],
+                   help="default: what `accelerate launch --mixed_precision` / `accelerate config` says, else no")
     t.add_argument("--device", choices=["auto", "cpu"], default="auto")
     t.set_defaults(func=cmd_train)
 

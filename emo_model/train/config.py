@@ -50,7 +50,7 @@ class TrainConfig:
     adam_betas: tuple = (0.9, 0.999)
     adam_eps: float = 1e-8
     max_grad_norm: float = 1.0
-    mixed_precision: str = "no"        # accelerate: "no", "fp16", "bf16"
+    mixed_precision: str | None = None  # "no", "fp16", "bf16"; None: accelerate's launcher / config decides ("no")
     device: str = "auto"               # "auto" (accelerate's choice) or "cpu"
 
     def __post_init__(self):
