@@ -24,7 +24,8 @@ def add_train_parser(sub) -> None:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--lora", type=int, metavar="RANK", help="train LoRA adapters of this rank instead of the weights")
     t.add_argument("--motion-module", help="stage 2: AnimateDiff v2 motion-module file for the temporal modules")
-    t.add_argument("--vae", help="VAE folder/file when --init has none (SD1.5 UNet, tiny)")
+    t.add_argument("--vae", help="VAE folder/file when --init has none (SD1.5 UNet, tiny); with --init tiny also "
+                                 "'tiny': train a tiny VAE on DATA's frames first (the learning check's)")
     t.add_argument("--audio-encoder", help="wav2vec2-base-960h folder when --init has none")
     t.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"],
                    help="default: what `accelerate launch --mixed_precision` / `accelerate config` says, else no")

@@ -36,7 +36,8 @@ class TrainConfig:
     lora: int | None = None            # LoRA rank (None: full training of the stage's modules)
     lora_alpha: float | None = None    # default: the rank (scale 1)
     motion_module: str | None = None   # AnimateDiff v2 motion-module file for fresh temporal modules (stage 2)
-    vae: str | None = None             # VAE folder/file when the init has none (tiny and SD1.5 UNet inits)
+    vae: str | None = None             # VAE folder/file when the init has none (tiny and SD1.5 UNet inits);
+                                       # "tiny" (with init tiny): a tiny VAE trained on DATA's frames first
     audio_encoder: str | None = None   # wav2vec2 folder when the init has none
     # Loss and noise (training.md §2)
     snr_gamma: float | None = 5.0      # min-SNR weighting; None: plain mean

@@ -82,16 +82,22 @@ def _sd_unet_folder(path: Path) -> Path | None:
 
 
 def _attach_tiny_parts(model: EMOModel, cfg, work: Path) -> None:
-    """VAE and audio encoder for a model built from a bare config: the given ones, else tiny random ones."""
+    """VAE and audio encoder for a model built from a bare config: the given ones (`--vae tiny`: a tiny VAE trained
+    on DATA's frames first), else tiny random ones."""
     from diffusers import AutoencoderKL
 
     from ..audio.wav2vec2 import Wav2VecAudioEncoder, make_tiny_wav2vec
     from ..formats.load import _load_vae
-    if cfg.vae:
+    if cfg.vae == "tiny":
+        folder = _tiny_vae(cfg, work)
+        model.vae = _load_vae(folder)
+        model.sources["vae"] = folder
+    elif cfg.vae:
         model.vae = _load_vae(Path(cfg.vae))
         model.sources["vae"] = Path(cfg.vae)
     else:
-        logger.warning("no --vae given: using a tiny random VAE (fine for tests; a real run needs a trained VAE)")
+        logger.warning("no --vae given: using a tiny random VAE, whose decoder does not invert its encoder (fine for "
+                       "tests): give a trained VAE, or --vae tiny to train one on DATA's frames first")
         torch.manual_seed(cfg.seed)
         model.vae = AutoencoderKL(block_out_channels=[8, 16, 32, 32], layers_per_block=1, norm_num_groups=8,
                                   latent_channels=4, sample_size=64, down_block_types=["DownEncoderBlock2D"] * 4,
@@ -99,6 +105,36 @@ def _attach_tiny_parts(model: EMOModel, cfg, work: Path) -> None:
     enc = Path(cfg.audio_encoder) if cfg.audio_encoder else make_tiny_wav2vec(work / "audio_encoder", seed=cfg.seed)
     model.audio_encoder = Wav2VecAudioEncoder.from_folder(enc)
     model.sources["audio_encoder"] = enc
+
+
+TINY_VAE_STEPS = 250  # as the learning check: reconstructs the synthetic 64 px faces to about 0.03 L1
+
+
+def _tiny_vae(cfg, work: Path) -> Path:
+    """`--init tiny --vae tiny`: a tiny VAE (`tiny_vae.py`, the learning check's) trained on DATA's frames, saved in
+    diffusers layout as RUN/work/tiny_vae (made once: a resumed run, and the other processes of an accelerate
+    launch, which build the model after the main process, load it)."""
+    import os
+    import shutil
+
+    from .tiny_vae import normalise_latents, train_tiny_vae
+    folder = Path(work) / "tiny_vae"
+    if (folder / "config.json").is_file():
+        return folder
+    data = Path(cfg.data)
+    if not (data / "index.jsonl").is_file():
+        raise EMOInputError(f"--vae tiny trains a tiny VAE on the frames of DATA, but {cfg.data} is not a prepared "
+                            "DATA folder: run prepare-data first, or give a VAE folder with --vae")
+    logger.info("--vae tiny: training a tiny VAE on the frames of %s (%d steps, once; saved in %s)", data,
+                TINY_VAE_STEPS, folder)
+    vae, scale, err = train_tiny_vae(data, steps=TINY_VAE_STEPS, seed=cfg.seed)
+    normalise_latents(vae, scale)
+    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    vae.save_pretrained(str(tmp), safe_serialization=True)
+    os.replace(tmp, folder)
+    logger.info("tiny VAE trained: reconstruction error %.3f (L1, pixels in -1..1)", err)
+    return folder
 
 
 def _from_scratch(cfg, work: Path) -> EMOModel:
@@ -184,6 +220,9 @@ def check_init(cfg) -> bool:
     """Checks that --init suits the stage before any work; True when it is an untrained starting point (tiny, SD1.5
     UNet folder)."""
     init = str(cfg.init)
+    if getattr(cfg, "vae", None) == "tiny" and init != "tiny":
+        raise EMOInputError("--vae tiny (a tiny VAE trained on DATA) belongs with --init tiny; for other inits give a "
+                            "VAE folder or file, or none when the init has its own")
     scratch = init == "tiny" or (Path(init).is_dir() and _sd_unet_folder(Path(init)) is not None)
     if scratch:
         if cfg.stage != 1 or cfg.lora:
