@@ -8,6 +8,7 @@ RUN/ (the --out folder):
     model/              the trained model in the native format (full training), written when the run ends
     lora.safetensors    the LoRA (with --lora), written when the run ends
 """
+import logging
 import math
 import os
 import shutil
@@ -102,6 +103,8 @@ def run(cfg: TrainConfig, dataset=None, on_step=None) -> dict:
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         cfg.to_json(out / "train_config.json")
+    else:  # each note is said once, by the main process (errors still by every process)
+        logging.getLogger("emo_model").setLevel(logging.ERROR)
     with acc.main_process_first():
         model = build_model(cfg, out / "work", speeds)
     model.config.fps = fps
