@@ -172,7 +172,8 @@ def main():
     r = measure(a.stage, a.lora, a.resolution, a.frames, a.motion_frames, a.batch)
     for k, v in r["parts"].items():
         print(f"  {k:22s} {v / 1e6:8.1f} M parameters")
-    print(f"stage {a.stage}{f' LoRA rank {a.lora}' if a.lora else ''}, {a.resolution} px, f={a.frames} n={a.motion_frames}, "
+    print(f"stage {a.stage}{f' LoRA rank {a.lora}' if a.lora else ''}, {a.resolution} px, f={a.frames} "
+          f"n={a.motion_frames}, "
           f"batch {a.batch}: {r['params'] / 1e9:.3f} B parameters ({r['trainable'] / 1e6:.1f} M trainable)")
     print(f"  weights fp32            {r['weights_gb']:6.2f} GB")
     print(f"  gradients fp32          {r['grads_gb']:6.2f} GB")

@@ -50,9 +50,10 @@ def prepare_reference(model, picture: np.ndarray, *, face_mask=None, detector: s
 
     face_mask: [H, W] 0..1 marking the face region (replaces detection); detector / detector_file / face_index /
     margin / whole_image: see `faces.crop.find_crop`; whole_image None = the model's choice (`whole_framing`: True
-    for a model trained on whole-frame data, said once in the log), True / False = as told. identity (Hallo models; others ignore it): "auto" = ArcFace
-    embedding when glintr100.onnx is beside the checkpoint or under `identity_roots`, else Hallo's no-face fallback
-    (zero embedding); "zero" = always the fallback; or a folder / .onnx path. pose_frames: [L, H, W, 3] drawings
+    for a model trained on whole-frame data, said once in the log), True / False = as told. identity (Hallo models;
+    others ignore it): "auto" = ArcFace embedding when glintr100.onnx is beside the checkpoint or under
+    `identity_roots`, else Hallo's no-face fallback (zero embedding); "zero" = always the fallback; or a folder /
+    .onnx path. pose_frames: [L, H, W, 3] drawings
     (float 0..1 or uint8) for EchoMimic's pose models, one per video frame.
     Raises: EMOInputError for a picture, mask or pose frames the model cannot use."""
     whole_image = whole_framing(model, whole_image, face_mask)

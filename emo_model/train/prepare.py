@@ -289,8 +289,8 @@ def prepare_data(videos, data, fps: int = 25, resolution: int = 512, detector: s
             if getattr(e, "errno", None) not in WRITE_ERRNOS:
                 raise
             raise EMOError(f"could not write {fmt.clip_dir(data, name)} ({e.strerror or e}): that video was removed, "
-                           f"the {len(index) + len(done)} finished before it are kept. Free disk space and rerun the same "
-                           "command: it continues with the videos not yet done") from None
+                           f"the {len(index) + len(done)} finished before it are kept. Free disk space and rerun the "
+                           "same command: it continues with the videos not yet done") from None
         fmt.append_index(data, entry)
         done.append(name)
     if not index and not done:

@@ -86,8 +86,8 @@ def _check_resume(cfg: TrainConfig, out: Path) -> None:
 
 def run(cfg: TrainConfig, dataset=None, on_step=None) -> dict:
     """Trains one stage. on_step(step, loss) is called on every process after each step (tests).
-    Returns {"losses": [...], "lrs": [...] (per step), "model": path or None, "lora": path or None, "weights": trainable tensors,
-    "steps_per_s": ..., "peak_memory_mb": ...}."""
+    Returns {"losses": [...], "lrs": [...] (per step), "model": path or None, "lora": path or None,
+    "weights": trainable tensors, "steps_per_s": ..., "peak_memory_mb": ...}."""
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
     out = Path(cfg.out)
@@ -182,7 +182,8 @@ def run(cfg: TrainConfig, dataset=None, on_step=None) -> dict:
             t_last, n_last = now, 0
         if done % cfg.save_every == 0 or done == cfg.steps:
             _save(acc, cfg, out, done, model, names, optimizer)
-    result = dict(losses=losses, lrs=lrs, model=None, lora=None, steps_per_s=(cfg.steps - start) / (time.perf_counter() - t0),
+    result = dict(losses=losses, lrs=lrs, model=None, lora=None,
+                  steps_per_s=(cfg.steps - start) / (time.perf_counter() - t0),
                   weights={k: v.detach().cpu().clone() for k, v in model.named_parameters() if k in set(names)},
                   peak_memory_mb=_peak_memory_mb())
     if acc.is_main_process:
