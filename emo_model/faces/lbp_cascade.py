@@ -18,7 +18,10 @@ from .face_box import FaceBox
 LBP_WORK_SIDE = 320        # short side (px) of the image the cascade scans
 LBP_MIN_FACE = 32          # smallest window (px at work scale): the first pass skips faces < 10 % of the short side
 LBP_SMALL_FACE = 64        # smallest face (source px) the finer passes look for when the first pass finds none
-LBP_FINE_SIDE = 1280       # largest short side (px) of a finer pass's work image (bounds its time)
+LBP_TILE = 2048            # side (work px) of the tiles the finer passes' proposal scans run over (bounds memory)
+LBP_PROPOSAL_STEP = 1.5    # step_ratio of the finer passes' proposal scans (1 = exhaustive)
+LBP_PROPOSAL_HITS = 2      # windows that must fire for a place to be proposed (a 64 px face: 4 to 8 at step 1.5)
+LBP_FINE_EXTRA_HITS = 6    # hits the finer passes ask for beyond the threshold's (0.7: 6 -> 12)
 LBP_ANGLES = (-20.0, 20.0)  # extra passes when the upright pass finds nothing
 
 
@@ -87,18 +90,59 @@ def _lbp_pass(gray: np.ndarray, threshold: float, max_face: int | None = None) -
             if 1.0 - 0.8 ** n >= threshold and n >= 0.4 * best]
 
 
-def _fine_pass(gray: np.ndarray, threshold: float) -> list[FaceBox]:
-    """Faces of 1 to 2.2 x LBP_MIN_FACE px in a large work image, at a fraction of an exhaustive scan's cost: a
-    scan with longer strides (step_ratio 1.5) proposes places, and each is scanned exhaustively (and scored as in
-    `_lbp_pass`) in a crop three windows wide around it."""
-    top = round(2.2 * LBP_MIN_FACE)
+def tiles(h: int, w: int, tile: int, overlap: int) -> list[tuple[int, int, int, int]]:
+    """Overlapping tiles (y0, x0, y1, x1) that cover an h x w picture: as few as fit ``tile`` px a side, all of one
+    size, neighbours sharing ``overlap`` px, so that any square of up to ``overlap`` px lies whole inside a tile."""
+    def spans(n):
+        k = max(1, -(-(n - overlap) // (tile - overlap)))  # tiles needed
+        size = min(n, -(-(n - overlap) // k) + overlap)
+        return [(round(i * (n - size) / (k - 1)) if k > 1 else 0) for i in range(k)], size
+    (ys, th), (xs, tw) = spans(h), spans(w)
+    return [(y, x, y + th, x + tw) for y in ys for x in xs]
+
+
+def _fine_pass(full: np.ndarray, f: float, threshold: float, top: int) -> list[FaceBox]:
+    """Faces of LBP_MIN_FACE to ``top`` px in the gray picture ``full`` scaled by ``f`` (boxes in source px).
+
+    These passes scan many more windows than the first (a 6000 px picture at f = 0.5: 9 Mpx of 32 px windows), so
+    a face must pass more: scans with longer strides (step_ratio LBP_PROPOSAL_STEP) over overlapping LBP_TILE px
+    tiles propose places where at least LBP_PROPOSAL_HITS windows fire (proposals of all tiles are grouped, so a
+    face on a tile seam is one); each is scanned exhaustively in a crop three windows wide around it (scored as in
+    `_lbp_pass`, with LBP_FINE_EXTRA_HITS more hits than ``threshold`` asks), and again, as strictly, at twice the
+    resolution (`_confirm`; at most the source's). Boxes found twice are suppressed (`_suppress_inner`)."""
+    gray = _work_gray(full, f)
+    proposals = []
+    for y0, x0, y1, x1 in tiles(*gray.shape, LBP_TILE, top + 1):
+        proposals += [(x + x0, y + y0, w, h) for (x, y, w, h), n in
+                      _lbp_groups(gray[y0:y1, x0:x1], top, step=LBP_PROPOSAL_STEP) if n >= LBP_PROPOSAL_HITS]
+    if not proposals:
+        return []
+    strict = 1.0 - (1.0 - threshold) * 0.8 ** LBP_FINE_EXTRA_HITS
     boxes = []
-    for (x, y, w, h), _ in _lbp_groups(gray, top, step=1.5):
+    for (x, y, w, h), _ in _group(np.array(proposals, np.float64)):
         x0, y0 = max(0, int(x - w)), max(0, int(y - h))
         crop = gray[y0:int(y + 2 * h) + 1, x0:int(x + 2 * w) + 1]
-        boxes += [replace(b, x0=b.x0 + x0, y0=b.y0 + y0, x1=b.x1 + x0, y1=b.y1 + y0)
-                  for b in _lbp_pass(crop, threshold, top)]
+        for b in _lbp_pass(crop, strict, top):
+            b = replace(b, x0=b.x0 + x0, y0=b.y0 + y0, x1=b.x1 + x0, y1=b.y1 + y0).scaled(1 / f)
+            score = _confirm(full, b, min(1.0, 2 * f))
+            if score >= strict:
+                boxes.append(replace(b, score=min(b.score, score)))
     return _suppress_inner(boxes)
+
+
+def _confirm(full: np.ndarray, box: FaceBox, k: float) -> float:
+    """Score (``1 - 0.8**hits``) of the best group of cascade hits centred inside ``box`` (source px) when a crop
+    three boxes wide around it is scanned at scale ``k``: a face still looks like one at another resolution, while
+    most of the texture patches that fire at one window size do not."""
+    side = box.width
+    x0, y0 = max(0, int(box.x0 - side)), max(0, int(box.y0 - side))
+    crop = _work_gray(full[y0:int(box.y1 + side) + 1, x0:int(box.x1 + side) + 1], k)
+    best = 0
+    for (x, y, w, h), n in _lbp_groups(crop):
+        cx, cy = (x + w / 2) / k + x0, (y + h / 2) / k + y0
+        if box.x0 <= cx <= box.x1 and box.y0 <= cy <= box.y1:
+            best = max(best, n)
+    return 1.0 - 0.8 ** best
 
 
 def _work_gray(gray: np.ndarray, s: float) -> np.ndarray:
@@ -134,21 +178,22 @@ def detect_lbp(rgb: np.ndarray, threshold: float) -> list[FaceBox]:
                 boxes.append(FaceBox(cx - r, cy - r, cx + r, cy + r, b.score))
     if boxes:
         return [b.scaled(1 / s) for b in _suppress_inner(boxes)]
-    for fine in _fine_scales(h, w, s):  # small faces in a large picture: each pass at twice the resolution
-        boxes = _fine_pass(_work_gray(full, fine), threshold)
+    for fine, top in _fine_scales(h, w, s):  # smaller faces: each pass at twice the resolution of the last
+        boxes = _fine_pass(full, fine, threshold, top)
         if boxes:
-            return [b.scaled(1 / fine) for b in boxes]
+            return boxes
     return []
 
 
-def _fine_scales(h: int, w: int, s: float) -> list[float]:
-    """Work scales of the passes for faces smaller than the first pass (at scale ``s``) sees: each doubles the last
-    and scans windows of 1 to 2.2 x LBP_MIN_FACE (faces down to half the last pass's smallest), until faces of
-    LBP_SMALL_FACE source px are covered, with the work image's short side at most LBP_FINE_SIDE px (so in pictures
-    with a short side over 2560 px the smallest face found is 1/40 of it: 150 px at 6000 px)."""
-    top = min(LBP_MIN_FACE / LBP_SMALL_FACE, LBP_FINE_SIDE / min(h, w))
-    scales = []
-    while s * 1.01 < top:
-        s = min(2 * s, top)
-        scales.append(s)
-    return scales
+def _fine_scales(h: int, w: int, s: float) -> list[tuple[float, int]]:
+    """(work scale, largest window in work px) of the passes for faces smaller than the first pass (at scale ``s``)
+    sees, coarse to fine: the finest puts a face of LBP_SMALL_FACE source px in the smallest window
+    (LBP_MIN_FACE), each coarser one is half the last, and each scans windows up to 1.1 x the smallest face the
+    next coarser pass (or the first) sees, so the passes overlap. At any picture size faces of LBP_SMALL_FACE px and
+    up are covered; the work images grow with the picture (a 6000 px square: 750, 1500 and 3000 px)."""
+    scales, f = [], LBP_MIN_FACE / LBP_SMALL_FACE
+    while f > 1.25 * s:  # a pass barely finer than the last would add little: the next one reaches further up
+        scales.insert(0, f)
+        f /= 2
+    coarser = [s] + scales[:-1]
+    return [(f, max(round(LBP_MIN_FACE * f / c * 1.1), LBP_MIN_FACE + 4)) for f, c in zip(scales, coarser)]
