@@ -280,6 +280,85 @@ def test_small_face_in_large_picture(side, face):
     assert 0.6 * face < boxes[0].width < 2 * face
 
 
+def clouds(side, seed=0):
+    """A ``side`` px square of coloured cloud noise (four octaves) with grain: the texture the cascade fires on most
+    easily (dark blobs pass for eyes), so it stands in for the worst of a big picture's background."""
+    rng = np.random.default_rng(seed)
+    acc = np.zeros((side // 4, side // 4, 3), np.float32)
+    for octave, amp in ((8, 60), (32, 40), (128, 25), (512, 15)):
+        noise = rng.normal(0, 1, (octave, octave, 3)).astype(np.float32)
+        acc += amp * cv2.resize(noise, acc.shape[1::-1], interpolation=cv2.INTER_CUBIC)
+    img = cv2.resize(np.clip(acc + 110, 0, 255).astype(np.uint8), (side, side), interpolation=cv2.INTER_LINEAR)
+    return cv2.add(img, rng.integers(0, 16, img.shape, dtype=np.uint8))
+
+
+def paste_face(img, face, cx, cy):
+    """The astronaut picture scaled so that her face box (FACE) is ``face`` px tall, pasted with the face centred on
+    (cx, cy); returns FACE there [x0, y0, x1, y1]."""
+    k = face / (FACE[3] - FACE[1])
+    n = round(512 * k)
+    p = cv2.resize(data.astronaut(), (n, n), interpolation=cv2.INTER_AREA if k < 1 else cv2.INTER_CUBIC)
+    ox, oy = round(cx - (FACE[0] + FACE[2]) / 2 * k), round(cy - (FACE[1] + FACE[3]) / 2 * k)
+    img[oy:oy + n, ox:ox + n] = p
+    return [ox + FACE[0] * k, oy + FACE[1] * k, ox + FACE[2] * k, oy + FACE[3] * k]
+
+
+def iou(b, ref):
+    iw = min(b.x1, ref[2]) - max(b.x0, ref[0])
+    ih = min(b.y1, ref[3]) - max(b.y0, ref[1])
+    inter = max(iw, 0) * max(ih, 0)
+    return inter / (b.area + (ref[2] - ref[0]) * (ref[3] - ref[1]) - inter)
+
+
+@pytest.fixture(scope="module")
+def clouds6000():
+    return clouds(6000)
+
+
+def test_64px_face_in_6000px_picture_and_nothing_else(clouds6000):
+    """A 6000 x 6000 picture (a DSLR shot) with one 64 px face: found with the right box, and nothing else in 36 Mpx
+    of cloud texture, though every finer pass scans all of it (nothing larger is found first). The face sits where
+    four of the finest pass's tiles overlap, so it is proposed four times and must come back once."""
+    img = clouds6000.copy()
+    ref = paste_face(img, 64, 3000, 3000)
+    boxes = detect_faces(img, "lbp")
+    assert len(boxes) == 1, boxes
+    assert iou(boxes[0], ref) >= 0.5, (boxes[0], ref)
+
+
+def test_512px_face_in_6000px_picture(clouds6000):
+    img = clouds6000.copy()
+    ref = paste_face(img, 512, 3300, 2800)
+    boxes = detect_faces(img, "lbp")
+    assert len(boxes) == 1 and iou(boxes[0], ref) >= 0.5, (boxes, ref)
+
+
+@pytest.mark.parametrize("h, w", [(512, 512), (1080, 1920), (2048, 2048), (4000, 6000), (6000, 6000), (9000, 16000)])
+def test_passes_cover_every_face_size_from_64px(h, w):
+    """The first pass and the finer ones together see every face size from LBP_SMALL_FACE px up, at any picture size:
+    pass i at scale f sees faces of LBP_MIN_FACE / f to top / f source px."""
+    from emo_model.faces import lbp_cascade as L
+    s = min(L.LBP_WORK_SIDE / min(h, w), 4 * L.LBP_WORK_SIDE / max(h, w))
+    seen = [(L.LBP_MIN_FACE / s, float("inf"))] + [(L.LBP_MIN_FACE / f, top / f) for f, top in L._fine_scales(h, w, s)]
+    lo = min(a for a, _ in seen)
+    assert lo <= L.LBP_SMALL_FACE * 1.01
+    for a, _ in seen:  # each pass's smallest face is inside another pass's range, or the smallest of all
+        assert a == lo or any(a2 < a <= b2 for a2, b2 in seen), seen
+
+
+def test_tiles_cover_the_picture_and_every_small_square():
+    from emo_model.faces.lbp_cascade import tiles
+    for h, w, tile, overlap in [(3000, 3000, 2048, 71), (500, 700, 2048, 71), (2100, 2048, 2048, 71),
+                                (6000, 4000, 1000, 100)]:
+        ts = tiles(h, w, tile, overlap)
+        assert all(y1 - y0 <= tile and x1 - x0 <= tile and 0 <= y0 < y1 <= h and 0 <= x0 < x1 <= w
+                   for y0, x0, y1, x1 in ts)
+        for y in range(0, h - overlap + 1, 37):
+            for x in range(0, w - overlap + 1, 41):
+                assert any(y0 <= y and y + overlap <= y1 and x0 <= x and x + overlap <= x1 for y0, x0, y1, x1 in ts)
+        assert len(ts) <= (-(-h // (tile - overlap))) * (-(-w // (tile - overlap)))
+
+
 def test_group_and_nms_follow_opencv_rules():
     """_group (OpenCV's groupRectangles rule, scipy connected components) and _nms (cv2.dnn.NMSBoxes) against
     the rules written out: similar rects chain into one group; NMS keeps the best, drops IoU > 0.4 only."""
