@@ -8,14 +8,19 @@ Detectors:
   ``LBP_WORK_SIDE`` pixels (small images are upscaled, large ones downscaled), with
   OpenCV-style grouping of the raw hits and two more passes at +-20 degrees when the
   upright pass finds nothing (heads tilted up to ~35 degrees). Frontal faces of at least 10 %
-  of the picture's short side; when there are none, finer passes (twice the resolution each) look for
-  smaller ones, down to 64 px (1/40 of the short side in pictures over 2560 px). Misses drawn/emoji
-  faces and profiles.
+  of the picture's short side; when there are none, finer passes (twice the resolution each, the
+  finest where a 64 px face fills the smallest window; tiled) look for smaller upright ones, down to
+  ``SMALL_FACE`` (64) px at any picture size. Misses drawn/emoji faces and profiles.
 * ``yunet`` -- OpenCV's ``cv2.FaceDetectorYN`` running ``face_detection_yunet_2023mar.onnx``
   (opencv_zoo, MIT). Much better on small, turned and painted faces. No onnxruntime.
 * ``scrfd`` -- insightface SCRFD with keypoints (``scrfd_10g_bnkps.onnx``, the file in Hallo's
   ``pretrained_models/face_analysis/models/``; insightface's ``det_10g.onnx`` is the same
   network) run by ``cv2.dnn`` with the SCRFD anchor decoding + NMS written out below.
+
+YuNet looks at the picture shrunk to a 1280 px long side, SCRFD at 640 px; in larger pictures
+(over 5120 / 2560 px) that makes a 64 px face smaller than they find, so when that look finds nothing
+they look again, tile by tile, at the scale where a 64 px face is ``ONNX_MIN_FACE`` px
+(``_small_face_pass``, ``tiles.tiled_detect``).
 
 Put the ONNX file in the ComfyUI folder ``models/emo/face_detectors/`` (or pass
 ``--detector-file`` to the CLI); ``available_detectors(folder)`` lists what is usable.
@@ -36,7 +41,9 @@ import numpy as np
 from ..errors import EMOCheckpointError, EMOInputError
 from ..media.image import to_rgb_uint8
 from .face_box import FaceBox
-from .lbp_cascade import detect_lbp
+from .lbp_cascade import LBP_SMALL_FACE, detect_lbp
+from .tiles import nms as _nms
+from .tiles import tiled_detect
 
 BUILTIN = "lbp (built-in)"
 # kind -> file name the README tells users to get (first) and other names we recognise.
@@ -45,6 +52,10 @@ DETECTOR_FILES = {
     "scrfd": ("scrfd_10g_bnkps.onnx", "det_10g.onnx"),
 }
 DEFAULT_THRESHOLD = {"lbp": 0.7, "yunet": 0.6, "scrfd": 0.5}
+SMALL_FACE = LBP_SMALL_FACE  # px: every detector looks for faces down to this size, at any picture size
+ONNX_MIN_FACE = 16           # px at the network's input: about the smallest face YuNet and SCRFD find reliably
+YUNET_SIDE = 1280            # YuNet's first look: the long side shrunk to this (it finds faces down to ~10 px)
+SCRFD_SIDE = 640             # SCRFD's input (insightface's letterbox)
 
 
 # ----------------------------------------------------------------------------- choosing a detector
@@ -137,14 +148,27 @@ def detect_faces(image, detector: str = "auto", model_path=None, threshold: floa
     if kind == "lbp":
         boxes = detect_lbp(rgb, thr)
     elif kind == "yunet":
-        boxes = _detect_yunet(rgb, path, thr)
+        boxes = (_detect_yunet(rgb, path, thr)
+                 or _small_face_pass(rgb, YUNET_SIDE, lambda tile: _detect_yunet(tile, path, thr)))
     else:
-        boxes = _detect_scrfd(rgb, path, thr)
+        boxes = (_detect_scrfd(rgb, path, thr)
+                 or _small_face_pass(rgb, SCRFD_SIDE, lambda tile: _detect_scrfd(tile, path, thr)))
     h, w = rgb.shape[:2]
     boxes = [FaceBox(float(max(b.x0, 0)), float(max(b.y0, 0)), float(min(b.x1, w)), float(min(b.y1, h)),
                      float(b.score), b.keypoints) for b in boxes]
     boxes = [b for b in boxes if b.width > 1 and b.height > 1]
     return sorted(boxes, key=lambda b: -b.area)
+
+
+def _small_face_pass(rgb: np.ndarray, side: int, detect) -> list[FaceBox]:
+    """YuNet's and SCRFD's second look, when the first (the picture's long side shrunk to ``side``) found nothing
+    and shrank a SMALL_FACE px face below ONNX_MIN_FACE px (pictures over 4 x ``side``: 5120 px for YuNet, 2560 px
+    for SCRFD): the picture at the scale where that face is ONNX_MIN_FACE px, in ``side`` px tiles sharing a
+    quarter tile (faces of up to 4 x ``side`` source px lie whole in one; larger ones the first look saw)."""
+    scale = ONNX_MIN_FACE / SMALL_FACE
+    if side / max(rgb.shape[:2]) >= scale:
+        return []
+    return tiled_detect(rgb, scale, side, side // 4, detect)
 
 
 # ----------------------------------------------------------------------------- YuNet (cv2.FaceDetectorYN)
@@ -163,7 +187,7 @@ def _detect_yunet(rgb: np.ndarray, path: Path, threshold: float) -> list[FaceBox
     import cv2
     det = _yunet(str(path), path.stat().st_mtime)
     h, w = rgb.shape[:2]
-    s = min(1.0, 1280 / max(h, w))  # YuNet finds faces down to ~10 px; no need for 4K input
+    s = min(1.0, YUNET_SIDE / max(h, w))  # YuNet finds faces down to ~10 px; no need for 4K input
     img = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
     if s < 1:
         img = cv2.resize(img, (round(w * s), round(h * s)), interpolation=cv2.INTER_AREA)
@@ -188,17 +212,6 @@ def _scrfd(path: str, mtime: float):
         raise EMOCheckpointError(f"OpenCV could not load the SCRFD file {path} ({e.err or e}); use "
                                  f"{DETECTOR_FILES['scrfd'][0]} from Hallo's face_analysis/models "
                                  "or pick YuNet (see docs/faces.md)") from e
-
-
-def _nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> list[int]:
-    """Greedy NMS (``cv2.dnn.NMSBoxes``): boxes [n, 4] x0 y0 x1 y1 -> kept indices, best score first; a box is
-    dropped when its IoU with a kept one exceeds ``iou``."""
-    import cv2
-    if not len(boxes):
-        return []
-    xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1).astype(np.float64)
-    keep = cv2.dnn.NMSBoxes(xywh.tolist(), scores.astype(np.float64).tolist(), 0.0, float(iou))
-    return [int(i) for i in np.asarray(keep).reshape(-1)]
 
 
 def scrfd_decode(outputs: list[np.ndarray], input_size: int, threshold: float, nms_iou: float = 0.4,
@@ -245,7 +258,7 @@ def scrfd_decode(outputs: list[np.ndarray], input_size: int, threshold: float, n
     return boxes[keep], scores[keep], None if kps is None else kps[keep]
 
 
-def _detect_scrfd(rgb: np.ndarray, path: Path, threshold: float, size: int = 640) -> list[FaceBox]:
+def _detect_scrfd(rgb: np.ndarray, path: Path, threshold: float, size: int = SCRFD_SIDE) -> list[FaceBox]:
     import cv2
     net = _scrfd(str(path), path.stat().st_mtime)
     h, w = rgb.shape[:2]

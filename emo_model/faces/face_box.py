@@ -39,6 +39,11 @@ class FaceBox:
     def center(self) -> tuple[float, float]:
         return (self.x0 + self.x1) / 2, (self.y0 + self.y1) / 2
 
+    def shifted(self, dx: float, dy: float) -> "FaceBox":
+        """The box (and keypoints) moved by (dx, dy) px: from a tile's pixels to the picture's."""
+        kps = None if self.keypoints is None else (self.keypoints + np.float32([dx, dy])).astype(np.float32)
+        return replace(self, x0=self.x0 + dx, y0=self.y0 + dy, x1=self.x1 + dx, y1=self.y1 + dy, keypoints=kps)
+
     def scaled(self, s: float) -> "FaceBox":
         kps = None if self.keypoints is None else (self.keypoints * s).astype(np.float32)
         return replace(self, x0=self.x0 * s, y0=self.y0 * s, x1=self.x1 * s, y1=self.y1 * s, keypoints=kps)

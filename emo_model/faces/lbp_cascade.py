@@ -14,6 +14,7 @@ from dataclasses import replace
 import numpy as np
 
 from .face_box import FaceBox
+from .tiles import tiles
 
 LBP_WORK_SIDE = 320        # short side (px) of the image the cascade scans
 LBP_MIN_FACE = 32          # smallest window (px at work scale): the first pass skips faces < 10 % of the short side
@@ -90,17 +91,6 @@ def _lbp_pass(gray: np.ndarray, threshold: float, max_face: int | None = None) -
             if 1.0 - 0.8 ** n >= threshold and n >= 0.4 * best]
 
 
-def tiles(h: int, w: int, tile: int, overlap: int) -> list[tuple[int, int, int, int]]:
-    """Overlapping tiles (y0, x0, y1, x1) that cover an h x w picture: as few as fit ``tile`` px a side, all of one
-    size, neighbours sharing ``overlap`` px, so that any square of up to ``overlap`` px lies whole inside a tile."""
-    def spans(n):
-        k = max(1, -(-(n - overlap) // (tile - overlap)))  # tiles needed
-        size = min(n, -(-(n - overlap) // k) + overlap)
-        return [(round(i * (n - size) / (k - 1)) if k > 1 else 0) for i in range(k)], size
-    (ys, th), (xs, tw) = spans(h), spans(w)
-    return [(y, x, y + th, x + tw) for y in ys for x in xs]
-
-
 def _fine_pass(full: np.ndarray, f: float, threshold: float, top: int) -> list[FaceBox]:
     """Faces of LBP_MIN_FACE to ``top`` px in the gray picture ``full`` scaled by ``f`` (boxes in source px).
 
@@ -123,7 +113,7 @@ def _fine_pass(full: np.ndarray, f: float, threshold: float, top: int) -> list[F
         x0, y0 = max(0, int(x - w)), max(0, int(y - h))
         crop = gray[y0:int(y + 2 * h) + 1, x0:int(x + 2 * w) + 1]
         for b in _lbp_pass(crop, strict, top):
-            b = replace(b, x0=b.x0 + x0, y0=b.y0 + y0, x1=b.x1 + x0, y1=b.y1 + y0).scaled(1 / f)
+            b = b.shifted(x0, y0).scaled(1 / f)
             score = _confirm(full, b, min(1.0, 2 * f))
             if score >= strict:
                 boxes.append(replace(b, score=min(b.score, score)))

@@ -347,7 +347,7 @@ def test_passes_cover_every_face_size_from_64px(h, w):
 
 
 def test_tiles_cover_the_picture_and_every_small_square():
-    from emo_model.faces.lbp_cascade import tiles
+    from emo_model.faces.tiles import tiles
     for h, w, tile, overlap in [(3000, 3000, 2048, 71), (500, 700, 2048, 71), (2100, 2048, 2048, 71),
                                 (6000, 4000, 1000, 100)]:
         ts = tiles(h, w, tile, overlap)
@@ -372,3 +372,30 @@ def test_group_and_nms_follow_opencv_rules():
     # IoU(1, 0) = 9/11 > 0.4: dropped; IoU(1, 2) = 6/14 = 0.43 > 0.4: dropped; box 3 is apart
     assert _nms(boxes, scores, 0.4) == [1, 3]
     assert _nms(boxes, scores, 0.45) == [1, 2, 3]
+
+
+def test_tiled_detect_maps_boxes_back_and_finds_a_face_on_a_seam_once():
+    """YuNet's and SCRFD's second look (tiles.tiled_detect) with a stand-in for the network (the files are not in the
+    repo): it finds bright squares in a tile and returns them in tile pixels with a keypoint at their centre. Each
+    square must come back once, in source pixels, with its keypoint, whether it lies inside a tile, on a seam (cut
+    in one tile, whole in the next) or on the picture's border."""
+    from emo_model.faces.tiles import tiled_detect
+
+    def bright_squares(tile):
+        assert tile.shape[0] <= 640 and tile.shape[1] <= 640 and tile.flags.c_contiguous
+        n, _, stats, cent = cv2.connectedComponentsWithStats((tile[..., 0] > 128).astype(np.uint8))
+        return [FaceBox(x, y, x + w, y + h, 0.9, np.float32([[cx, cy]] * 5))
+                for (x, y, w, h, _), (cx, cy) in zip(stats[1:], cent[1:])]
+
+    img = np.zeros((2600, 4000, 3), np.uint8)
+    # x, y, side (source px); at scale 0.25 the tiles are 580 x 405 px, from x 0 / 420 and y 0 / 245 (work px):
+    # inside one tile, where four overlap, cut by a tile's right and bottom edge, on the picture's edges
+    squares = [(400, 300, 64), (1900, 1280, 80), (2280, 600, 80), (700, 1600, 80), (3930, 2000, 70), (2500, 2530, 64)]
+    for x, y, side in squares:
+        img[y:y + side, x:x + side] = 255
+    boxes = tiled_detect(img, 0.25, 640, 160, bright_squares)
+    assert len(boxes) == len(squares), boxes
+    for x, y, side in squares:
+        b = min(boxes, key=lambda b: abs(b.x0 - x) + abs(b.y0 - y))
+        assert np.allclose([b.x0, b.y0, b.x1, b.y1], [x, y, x + side, y + side], atol=4), (b, x, y, side)
+        assert np.allclose(b.keypoints[0], [x + side / 2, y + side / 2], atol=4)
