@@ -333,6 +333,16 @@ def test_512px_face_in_6000px_picture(clouds6000):
     assert len(boxes) == 1 and iou(boxes[0], ref) >= 0.5, (boxes, ref)
 
 
+def test_two_small_faces_face_index_still_picks_largest_first():
+    """Two faces too small for the first pass (70 and 100 px in 2000 px of cloud texture) are found by the same finer
+    pass; both come back, largest first, so face_index chooses between them as it does for large faces."""
+    img = clouds(2000, seed=1)
+    small, large = paste_face(img, 70, 500, 600), paste_face(img, 100, 1500, 1400)
+    boxes = detect_faces(img, "lbp")
+    assert len(boxes) == 2 and iou(boxes[0], large) >= 0.5 and iou(boxes[1], small) >= 0.5, boxes
+    assert plan_crop(img.shape[:2], boxes, face_index=1).box[0] < 500 < plan_crop(img.shape[:2], boxes).box[0]
+
+
 @pytest.mark.parametrize("h, w", [(512, 512), (1080, 1920), (2048, 2048), (4000, 6000), (6000, 6000), (9000, 16000)])
 def test_passes_cover_every_face_size_from_64px(h, w):
     """The first pass and the finer ones together see every face size from LBP_SMALL_FACE px up, at any picture size:
