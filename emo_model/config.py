@@ -36,7 +36,7 @@ class SamplingSettings:
 
 @dataclass
 class EMOConfig:
-    kind: str = "native"                    # "native" (EMO), "hallo", "echomimic": how the checkpoint was made
+    kind: str = "native"                    # "native" (EMO), "hallo", "echomimic", "echomimic_v2": how it was made
     resolution: int = 512                   # pixel side of the square face crop
     unet: dict = field(default_factory=lambda: dict(SD15_UNET))
     # What the cross-attention slot (attn2) of the UNets receives: "identity" tokens (Hallo, native),
@@ -60,6 +60,9 @@ class EMOConfig:
     # What the face locator sees: "face_mask" (one static face-region mask for every frame) or "pose" (EchoMimic's
     # `_pose` sets: one landmark drawing per video frame, [L, H, W, 3] in 0..1 from pose_frames.load_pose_frames).
     locator_input: str = "face_mask"
+    # What the model generates: "face_crop" (a square crop around the face, pasted back into the picture) or "whole"
+    # (EchoMimic v2: the whole picture resized to the model's square size is the reference and the output frame).
+    framing: str = "face_crop"
     # Audio tokens per frame: wav2vec2 features of all layers in a +-window, projected (EMO, Hallo), or whisper
     # features in a 10-frame chunk used raw (EchoMimic).
     audio_encoder: dict = field(default_factory=lambda: dict(kind="wav2vec2", fps=25.0, window=2))

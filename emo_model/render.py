@@ -52,6 +52,8 @@ def render(model, image, audio, out, *, steps=None, seed=0, fps=None, audio_cfg=
                                  face_index=face_index, margin=margin, whole_image=whole_image, identity=identity,
                                  pose_frames=frames)
     ref, info = prepared.reference, prepared.crop
+    if prepared.picture is not None:  # the whole frame is generated (EchoMimic v2): the output is the frame itself
+        framing = "crop"
     enc_audio = pipe.encode_audio(wave, sr, fps, frames_per_clip)
     match = None
 

@@ -90,9 +90,11 @@ class EMOReferenceEncode(io.ComfyNode):
                                        "Hallo's own script does when it has no face embedding: a zero embedding. "
                                        "zero embedding: always that fallback."),
                 io.Image.Input("pose_frames", optional=True,
-                               tooltip="EchoMimic _pose models only: one drawn face-landmark frame per video frame "
-                                       "(EMO Load Pose reads EchoMimic's pose folder; a video of drawings works too). "
-                                       "At least as many frames as the audio gives; extra ones are ignored."),
+                               tooltip="EchoMimic _pose models and EchoMimic v2 only: one drawn pose frame per video "
+                                       "frame (face landmarks; v2: hands) (EMO Load Pose reads their pose folders; a "
+                                       "video of drawings works too). At least as many frames as the audio gives; "
+                                       "extra ones are ignored. EchoMimic v2 generates the whole picture (resized to "
+                                       "768x768): detector, margin and face_mask do not apply to it."),
             ],
             outputs=[
                 EmoReference.Output(display_name="reference", tooltip="The encoded face for the EMO Sampler."),
@@ -123,4 +125,6 @@ class EMOReferenceEncode(io.ComfyNode):
             identity_roots=emo_roots(), pose_frames=frames)
         reference, crop = prepared.reference, torch.from_numpy(prepared.face).float() / 255.0  # [res, res, 3]
         info = prepared.crop
+        if prepared.picture is not None:  # EchoMimic v2: the whole picture at the model's size is the frame
+            picture = prepared.picture
         return io.NodeOutput(reference, CropPlacement(info, picture), crop[None])

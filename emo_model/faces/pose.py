@@ -26,12 +26,13 @@ import torch
 
 from ..errors import EMOInputError
 from ..media.image import IMAGE_FORMATS, load_image, to_rgb_uint8
+from .hand_pose import hand_pose_frame, is_dwpose_file, read_dwpose
 
 CANVAS = 512  # px: EchoMimic draws on a 512 x 512 canvas, then resizes
 LANDMARK_FILES = (".pkl", ".npy")
 IMAGE_FILES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
-HOW = ("EchoMimic's pose folder (0.pkl, 1.pkl, ... landmark files), a folder of drawn pose frames (pictures), "
-       "or a video of drawn pose frames")
+HOW = ("EchoMimic's pose folder (0.pkl, 1.pkl, ... landmark files; EchoMimic v2: 0.npy, 1.npy, ... DWPose files), "
+       "a folder of drawn pose frames (pictures), or a video of drawn pose frames")
 
 # mediapipe 0.10.14 face_mesh_connections.py (Apache-2.0): built the same way, so they iterate in the same order.
 LEFT_EYE = frozenset([(263, 249), (249, 390), (390, 373), (373, 374), (374, 380), (380, 381), (381, 382), (382, 362),
@@ -217,12 +218,20 @@ def _finish(frames: np.ndarray, num_frames: int | None, name: str, drawn: bool) 
     return torch.from_numpy(np.ascontiguousarray(frames))
 
 
+def is_dwpose_folder(path) -> bool:
+    """True for EchoMimic v2's pose folder: `0.npy` there is a pickled DWPose dict (not a landmark array)."""
+    path = Path(path)
+    return path.is_dir() and is_dwpose_file(path / "0.npy")
+
+
 def load_pose_frames(source, resolution: int, num_frames: int | None = None,
                      landmark_size: float = CANVAS) -> torch.Tensor:
     """Pose input -> uint8 [L, resolution, resolution, 3] (0..255; frame, pixel row, pixel column, channel), the
     face locator's input for video frames 0 ... L-1 (L = num_frames when given, else every frame of the source).
 
     source: EchoMimic's pose folder (`0.pkl` ... or `0.npy` ..., one frame's landmarks each; drawn by `draw_pose`),
+    EchoMimic v2's pose folder (`0.npy` ..., one frame's DWPose dict each; its hands drawn by
+    `hand_pose.hand_pose_frame` into a frame of side `resolution`, as its infer.py does at the model's size),
     one `.npy` file [L, N, 2 or 3] of landmarks, a folder of drawn pose frames (pictures, in natural name order), or
     a video of drawn pose frames. landmark_size: the side (px) of the square crop the landmark coordinates are
     measured in (EchoMimic's: 512). num_frames: the number of video frames to render; extra pose frames are dropped,
@@ -261,7 +270,12 @@ def load_pose_frames(source, resolution: int, num_frames: int | None = None,
             raise EMOInputError(f"{path} holds no pose frames (no .pkl/.npy landmark files, no {IMAGE_FORMATS} "
                                 f"pictures): give {HOW}")
         marks = _landmark_files(path, marks)
-        landmarks = [read_landmarks(f) for f in (marks[:num_frames] if num_frames else marks)]
+        marks = marks[:num_frames] if num_frames else marks
+        if is_dwpose_folder(path):  # EchoMimic v2: hands drawn into a frame of the model's size
+            out = _stack_uint8((hand_pose_frame(read_dwpose(f), resolution, str(f)) for f in marks), len(marks),
+                               resolution)
+            return _finish(out, num_frames, name, drawn=False)
+        landmarks = [read_landmarks(f) for f in marks]
     drawn = (draw_pose(lm, landmark_size) for lm in landmarks)
     frames = _stack_uint8((f if resolution == CANVAS else cv2.resize(f, (resolution, resolution)) for f in drawn),
                           len(landmarks), resolution)

@@ -62,8 +62,9 @@ def detect_format(path) -> str:
         raise EMOCheckpointError(
             f"{p} is not a model this pack knows: expected an EMO native folder (config.json with format "
             f"'{NATIVE}'), Hallo's pretrained_models folder (hallo/net.pth) or an EchoMimic folder "
-            "(denoising_unet.pth, reference_unet.pth, motion_module.pth, face_locator.pth)")
-    if p.suffix == ".pth" and p.name.startswith(("denoising_unet", "reference_unet", "motion_module", "face_locator")):
+            "(denoising_unet.pth, reference_unet.pth, motion_module.pth, face_locator.pth; EchoMimic v2: pose_encoder.pth)")
+    if p.suffix == ".pth" and p.name.startswith(("denoising_unet", "reference_unet", "motion_module", "face_locator",
+                                                 "pose_encoder")):
         return "echomimic"
     sd = load_tensors(p)
     from .hallo import is_hallo
@@ -259,16 +260,20 @@ def _load_echomimic(folder: Path, vae_path=None, audio_encoder_path=None, accele
         folder, ["sd-vae-ft-mse"], "sd-vae-ft-mse", "put sd-vae-ft-mse (diffusers layout) beside the model files")
     files, sds = load_echomimic_tensors(folder, accelerated, pose)
     acc = files["denoising_unet"].name.endswith("_acc.pth")
+    v2 = files["face_locator"].name == "pose_encoder.pth"
     den = {**sds["denoising_unet"], **sds["motion_module"]}
-    config = echomimic_config(den, sds["face_locator"], find_echomimic_unet_config(folder), acc)
+    config = echomimic_config(den, sds["face_locator"], find_echomimic_unet_config(folder), acc, v2=v2)
     model = EMOModel(config)
-    fix = "download it again from EchoMimic's model page (the files of one set belong together)"
+    fix = (f"download it again from EchoMimic{' v2' if v2 else ''}'s model page (the files of one set belong "
+           "together)")
     load_strict(model.reference_net.unet, sds["reference_unet"], files["reference_unet"], fix)
     load_strict(model.backbone.unet, den, f"{files['denoising_unet']} + {files['motion_module'].name}", fix)
     load_strict(model.face_locator, sds["face_locator"], files["face_locator"], fix)
     enc = Path(audio_encoder_path) if audio_encoder_path else _find(
-        folder, ["audio_processor/whisper_tiny.pt", "whisper_tiny.pt"], "audio_processor/whisper_tiny.pt",
-        "put EchoMimic's audio_processor/whisper_tiny.pt beside the model files")
+        folder, ["audio_processor/whisper_tiny.pt", "whisper_tiny.pt", "audio_processor/tiny.pt"],
+        "audio_processor/whisper_tiny.pt (EchoMimic v2: audio_processor/tiny.pt)",
+        "put EchoMimic's audio_processor/whisper_tiny.pt (EchoMimic v2: OpenAI's whisper tiny.pt as "
+        "audio_processor/tiny.pt) beside the model files")
     model.audio_encoder = _load_audio_encoder(enc, "whisper")
     model.vae = None if vae_dir is None else _load_vae(vae_dir)
     model.sources = {"vae": vae_dir, "audio_encoder": enc, "weights_dtype": _weights_dtype(den)}

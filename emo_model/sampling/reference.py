@@ -41,6 +41,27 @@ class PreparedReference:
     reference: EncodedReference
     crop: CropInfo            # where the crop sits in the picture (for paste-back)
     face: np.ndarray          # the crop, uint8 [res, res, 3]
+    picture: np.ndarray | None = None  # framing "whole": the picture at the model's size (the crop plan's picture)
+
+
+_STRETCH_SAID = []
+
+
+def whole_frame(picture: np.ndarray, res: int) -> np.ndarray:
+    """EchoMimic v2's reference (infer.py: `Image.open(...).resize((W, H))`): the whole picture, uint8 [H, W, 3],
+    resized to the model's square size uint8 [res, res, 3] (aspect ratio not kept, as the original; cv2 INTER_AREA
+    when shrinking, bicubic when enlarging)."""
+    import cv2
+    rgb = np.ascontiguousarray(picture)
+    h, w = rgb.shape[:2]
+    if h != w and not _STRETCH_SAID:
+        _STRETCH_SAID.append(True)
+        logger.warning("the reference picture is %dx%d: EchoMimic v2 generates the whole frame at %dx%d, so it is "
+                       "stretched to a square as EchoMimic v2's own script does; crop it to a square first to keep "
+                       "its proportions", w, h, res, res)
+    if (h, w) == (res, res):
+        return rgb
+    return cv2.resize(rgb, (res, res), interpolation=cv2.INTER_AREA if min(h, w) > res else cv2.INTER_CUBIC)
 
 
 def prepare_reference(model, picture: np.ndarray, *, face_mask=None, detector: str = "auto", detector_file=None,
@@ -55,7 +76,17 @@ def prepare_reference(model, picture: np.ndarray, *, face_mask=None, detector: s
     `identity_roots`, else Hallo's no-face fallback (zero embedding); "zero" = always the fallback; or a folder /
     .onnx path. pose_frames: [L, H, W, 3] drawings
     (float 0..1 or uint8) for EchoMimic's pose models, one per video frame.
+    A model whose framing is "whole" (EchoMimic v2) ignores detection, face_mask, margin and whole_image: the whole
+    picture resized to the model's size is the reference, and the output frame (`PreparedReference.picture`; the crop
+    plan covers all of it, so pasting back changes nothing).
     Raises: EMOInputError for a picture, mask or pose frames the model cannot use."""
+    if model.config.framing == "whole":
+        from ..media.image import to_rgb_uint8
+        frame = whole_frame(to_rgb_uint8(picture, "the picture", min_side=1), model.config.resolution)
+        info = find_crop(frame, whole_image=True, resolution=model.config.resolution)
+        ref = encode_reference(model, torch.from_numpy(frame).float() / 255, face_region_mask(info), None,
+                               pose_frames, None)
+        return PreparedReference(ref, info, frame, frame)
     whole_image = whole_framing(model, whole_image, face_mask)
     info = find_crop(picture, mask=face_mask, detector=detector, model_path=detector_file, face_index=face_index,
                      margin=margin, resolution=model.config.resolution, whole_image=whole_image)
