@@ -13,7 +13,7 @@ log = logging.getLogger(__name__)
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 # name in ComfyUI's input folder (what the templates' Load nodes name) -> file in assets/
 EXAMPLE_INPUTS = {"emo_example_portrait.jpg": "portrait.jpg", "emo_example_speech.wav": "speech.wav",
-                  "emo_example_reference.mp4": "reference.mp4"}
+                  "emo_example_reference.mp4": "reference.mp4", "emo_example_hands": "hands_pose"}  # a folder too
 
 
 def install_example_inputs(input_dir: str | None = None) -> list[str]:
@@ -23,6 +23,18 @@ def install_example_inputs(input_dir: str | None = None) -> list[str]:
     copied = []
     for name, source in EXAMPLE_INPUTS.items():
         target = os.path.join(input_dir, name)
+        if (ASSETS / source).is_dir():  # a pose folder: copied whole when absent (a partial copy is removed)
+            try:
+                if not os.path.exists(target):
+                    tmp = target + ".part"
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    shutil.copytree(ASSETS / source, tmp)
+                    os.replace(tmp, target)
+                    copied.append(name)
+            except OSError as e:
+                log.warning("EMO: could not put the example input %s into %s (%s): the templates will ask for your "
+                            "own files instead", name, input_dir, e)
+            continue
         try:
             os.makedirs(input_dir, exist_ok=True)
             with open(ASSETS / source, "rb") as src, open(target, "xb") as out:  # "x": never replaces a file
