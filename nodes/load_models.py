@@ -72,14 +72,14 @@ class EMOLoadModels(io.ComfyNode):
             node_id="EMOLoadModels",
             display_name="Load EMO Models",
             category=CATEGORY,
-            description="Loads an EMO talking-head checkpoint (native EMO, Hallo or EchoMimic format, recognised "
-                        "automatically) from ComfyUI/models/emo/. The weights stay on the offload device until a "
+            description="Loads an EMO talking-head checkpoint (native EMO, Hallo, EchoMimic v1 or EchoMimic v2, "
+                        "recognised automatically) from ComfyUI/models/emo/. The weights stay on the offload device until a "
                         "node needs them; ComfyUI's model management moves them.",
             inputs=[
                 io.Combo.Input("checkpoint", options=list_checkpoints(),
                                tooltip="A checkpoint folder or file in ComfyUI/models/emo/ (or an `emo:` path in "
                                        "extra_model_paths.yaml). Native: a folder with config.json; Hallo: net.pth "
-                                       "or its folder; EchoMimic: its folder."),
+                                       "or its folder; EchoMimic: its folder (v2: the one with pose_encoder.pth)."),
                 io.Combo.Input("vae", options=[FROM_CHECKPOINT, *folder_paths.get_filename_list("vae")],
                                default=FROM_CHECKPOINT,
                                tooltip="The VAE (sd-vae-ft-mse): 'from checkpoint' uses the one inside or beside the "
@@ -99,7 +99,9 @@ class EMOLoadModels(io.ComfyNode):
                                tooltip="EchoMimic folders only (others ignore it): which set of files to load when the "
                                        "folder holds several. audio: denoising_unet.pth ... (30 steps, CFG 2.5); "
                                        "accelerated: the _acc files (6 steps, no CFG); pose: the _pose files (needs "
-                                       "pose frames, see EMO Load Pose). auto: the audio set when present."),
+                                       "pose frames, see EMO Load Pose). auto: the audio set when present. "
+                                       "EchoMimic v2 folders: auto / audio = its standard set, accelerated = its _acc "
+                                       "pair; it always needs hand-pose frames."),
                 io.Combo.Input("lora", options=[NO_LORA, *_loras()], default=NO_LORA, optional=True,
                                tooltip="A LoRA trained with `python -m emo_model train --lora RANK` (e.g. one "
                                        "character), from models/emo/loras/ or models/loras/; merged into the weights."),

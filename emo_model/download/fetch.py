@@ -27,7 +27,7 @@ from pathlib import Path
 
 from . import hub
 from .hub import KEPT, EMODownloadError
-from .manifest import FileEntry, Manifest
+from .manifest import COMMIT, FileEntry, Manifest
 from .paths import RECORD, RECORD_DIR, default_dest, staging_dir
 
 logger = logging.getLogger(__name__)
@@ -189,11 +189,12 @@ def _fetch(manifest, work, rec, todo, unsure, endpoint, token, progress, log, re
     headers = hub.request_headers(token)
     remote = {}
     for f in todo + unsure:
-        url = hub.file_url(manifest.repo, f.path, manifest.revision, manifest.repo_type, ep)
-        r = hub.head(url, headers, f"'{f.path}'", manifest.repo, manifest.revision, ep)
-        if manifest.pinned and r.commit != manifest.revision:
-            raise EMODownloadError(f"{ep} serves commit {r.commit} of {manifest.repo} for the pinned revision "
-                                   f"{manifest.revision}: the mirror is not a faithful copy; use another HF_ENDPOINT")
+        repo, rev = (f.repo, f.revision) if f.repo else (manifest.repo, manifest.revision)
+        url = hub.file_url(repo, f.path, rev, manifest.repo_type if not f.repo else "model", ep)
+        r = hub.head(url, headers, f"'{f.path}'", repo, rev, ep)
+        if COMMIT.match(rev) and r.commit != rev:
+            raise EMODownloadError(f"{ep} serves commit {r.commit} of {repo} for the pinned revision "
+                                   f"{rev}: the mirror is not a faithful copy; use another HF_ENDPOINT")
         for what, mine, theirs in (("sha256", f.sha256, r.sha256), ("size", f.size, r.size)):
             if mine is not None and theirs is not None and mine != theirs:
                 raise EMODownloadError(f"the hub's {what} of {f.path} ({theirs}) differs from the manifest's ({mine}): "

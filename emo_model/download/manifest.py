@@ -10,6 +10,7 @@ A manifest is a JSON file (the built-in ones live in `manifests/`, one per model
       "revision": "<40-hex commit>",           # pinned: the files can never change under the manifest
       "licence": "MIT (...)",                  # shown before downloading
       "files": [{"path": "hallo/net.pth", "size": 4753529893, "sha256": null, "approx_size": null}, ...],
+               # a file may come from another repo: "repo" + "revision" (a pinned commit of that repo) in its entry
       "extras": {"identity": {"licence": "...", "description": "...", "files": [...]}}
     }
 
@@ -41,6 +42,8 @@ class FileEntry:
     sha256: str | None = None    # hex
     approx_size: int | None = None
     group: str | None = None     # None: the base set; else the extras group it belongs to
+    repo: str | None = None      # another Hugging Face repo this file comes from (None: the manifest's)
+    revision: str | None = None  # that repo's pinned commit (given with `repo`)
 
     @property
     def shown_size(self) -> int | None:
@@ -107,7 +110,14 @@ def _files(raw, source, group=None) -> tuple[FileEntry, ...]:
                 raise _bad(source, f"files[{i}].{key} must be a byte count or null, not {val!r}")
         if sha is not None and (not isinstance(sha, str) or not SHA256.match(sha.lower())):
             raise _bad(source, f"files[{i}].sha256 must be 64 hex digits or null, not {sha!r}")
-        out.append(FileEntry(f["path"], size, sha.lower() if sha else None, approx, group))
+        repo, rev = f.get("repo"), f.get("revision")
+        if repo is not None and (not isinstance(repo, str) or repo.count("/") != 1 or not all(repo.split("/"))
+                                 or not isinstance(rev, str) or not rev):
+            raise _bad(source, f"files[{i}].repo must be a Hugging Face repo id such as 'org/name', given with its "
+                               "'revision' (a commit of that repo)")
+        if repo is None and rev is not None:
+            raise _bad(source, f"files[{i}].revision is given without its 'repo'")
+        out.append(FileEntry(f["path"], size, sha.lower() if sha else None, approx, group, repo, rev))
     return tuple(out)
 
 

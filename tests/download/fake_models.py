@@ -41,6 +41,13 @@ def fake_files(name: str, fixtures: Path) -> dict:
             out[f"wav2vec/wav2vec2-base-960h/{p.name}"] = p.read_bytes()
         for f in m.extras["identity"].files:
             out[f.path] = b"not a real onnx model: " + f.path.encode()
+    elif name == "echomimic-v2":  # EchoMimic v2's layout from its parity set (UNet files borrowed from echomimic-tiny)
+        v2, v1 = fixtures / "echomimic-v2-tiny", fixtures / "echomimic-tiny"
+        for part in ("reference_unet", "denoising_unet", "motion_module", "pose_encoder"):
+            out[f"{part}.pth"] = (v2 / f"{part}.pth" if (v2 / f"{part}.pth").is_file() else v1 / f"{part}.pth").read_bytes()
+        out["audio_processor/whisper_tiny.pt"] = (v1 / "audio_processor/whisper_tiny.pt").read_bytes()
+        out["sd-image-variations-diffusers/unet/config.json"] = (
+            v1 / "sd-image-variations-diffusers/unet/config.json").read_bytes()
     else:
         src = fixtures / "echomimic-tiny"
         out["audio_processor/whisper_tiny.pt"] = (src / "audio_processor/whisper_tiny.pt").read_bytes()
@@ -63,7 +70,8 @@ def test_manifest(name: str, hub) -> dict:
     m = builtin_manifest(name)
 
     def entries(files):
-        return [{"path": f.path, "size": len(hub.files[f.path]), "sha256": hub.sha256(f.path)} for f in files]
+        return [{"path": f.path, "size": len(hub.files[f.path]), "sha256": hub.sha256(f.path),
+                 **({"repo": f.repo, "revision": f.revision} if f.repo else {})} for f in files]
 
     return {"name": m.name, "repo": m.repo, "revision": m.revision, "licence": m.licence, "files": entries(m.files),
             "extras": {g: {"licence": e.licence, "files": entries(e.files)} for g, e in m.extras.items()}}

@@ -19,8 +19,15 @@ def git_oid(data: bytes) -> str:
 
 
 class FakeHub:
-    def __init__(self, repo: str, files: dict, commit: str = "0123456789abcdef" * 2 + "01234567", lfs_min=1000):
+    def __init__(self, repo: str, files: dict, commit: str = "0123456789abcdef" * 2 + "01234567", lfs_min=1000,
+                 others: dict | None = None):
+        """others: {repo: (commit, {path: bytes})}, more repos served by the same hub (paths distinct from files')."""
         self.repo, self.files, self.commit, self.lfs_min = repo, dict(files), commit, lfs_min
+        self.repos = {repo: (commit, set(files))}
+        for other, (c, fs) in (others or {}).items():
+            assert not set(fs) & set(self.files), "paths must differ between the served repos"
+            self.files.update(fs)
+            self.repos[other] = (c, set(fs))
         self.log = []                 # dicts: host, method, path, range, sent, auth
         self.cut_after = {}           # repo path -> bytes after which the next GET is cut (once)
         self.corrupt = set()          # repo paths served with one byte flipped
@@ -98,21 +105,23 @@ class FakeHub:
                 (self._api if host == "api" else self._cdn)(unquote(urlsplit(self.path).path))
 
             def _api(self, path):
-                repo = hub.repo
+                repo = next((r for r in hub.repos if path.startswith((f"/api/models/{r}/", f"/{r}/resolve/"))),
+                            hub.repo)
+                commit, paths = hub.repos[repo]
                 if path.startswith(f"/api/models/{repo}/revision/"):
-                    body = json.dumps({"id": repo, "sha": hub.commit,
-                                       "siblings": [{"rfilename": p} for p in hub.files]}).encode()
+                    body = json.dumps({"id": repo, "sha": commit,
+                                       "siblings": [{"rfilename": p} for p in sorted(paths)]}).encode()
                     return self._reply(200, [("Content-Type", "application/json")], body)
                 if not path.startswith(f"/{repo}/resolve/"):
                     return self._reply(401, [("X-Error-Code", "RepoNotFound")], b"Repository not found")
                 rev, _, fpath = path[len(f"/{repo}/resolve/"):].partition("/")
-                if rev not in (hub.commit, "main"):
+                if rev not in (commit, "main"):
                     return self._reply(404, [("X-Error-Code", "RevisionNotFound")], b"Invalid rev id")
-                if fpath not in hub.files:
-                    return self._reply(404, [("X-Error-Code", "EntryNotFound"), ("X-Repo-Commit", hub.commit)],
+                if fpath not in paths:
+                    return self._reply(404, [("X-Error-Code", "EntryNotFound"), ("X-Repo-Commit", commit)],
                                        b"Entry not found")
                 data = hub.files[fpath]
-                common = [("X-Repo-Commit", hub.commit)]
+                common = [("X-Repo-Commit", commit)]
                 if hub.is_lfs(fpath):
                     loc = f"http://127.0.0.1:{hub.cdn.server_address[1]}/blobs/{hub.sha256(fpath)}?name={fpath}"
                     return self._reply(302, common + [("Location", loc), ("X-Linked-Size", str(len(data))),

@@ -13,7 +13,7 @@ from emo_model.download.manifest import COMMIT
 from fake_models import fake_files, test_manifest
 from hub_server import FakeHub
 
-REQUIRED = {"hallo", "echomimic", "echomimic-acc", "echomimic-pose", "echomimic-pose-acc"}
+REQUIRED = {"hallo", "echomimic", "echomimic-acc", "echomimic-pose", "echomimic-pose-acc", "echomimic-v2"}
 
 
 def test_every_shipped_manifest_parses_and_pins_a_commit():
@@ -70,10 +70,15 @@ def test_every_listed_file_is_read_by_the_loader(name, fixtures, tmp_path):
         assert find_keypoint_detector(d) == d / "scrfd_10g_bnkps.onnx"
 
 
-@pytest.mark.parametrize("name", ["hallo", "echomimic-pose-acc"])
+@pytest.mark.parametrize("name", ["hallo", "echomimic-pose-acc", "echomimic-v2"])
 def test_a_download_of_the_manifest_layout_loads_with_no_further_step(name, fixtures, tmp_path, capsys):
     m = builtin_manifest(name)
-    with FakeHub(m.repo, fake_files(name, fixtures), commit=m.revision) as hub:
+    files = fake_files(name, fixtures)
+    others = {}  # files a manifest takes from another repo (EchoMimic v2: whisper, VAE, UNet config from v1's)
+    for f in m.files:
+        if f.repo:
+            others.setdefault(f.repo, (f.revision, {}))[1][f.path] = files.pop(f.path)
+    with FakeHub(m.repo, files, commit=m.revision, others=others) as hub:
         mf = tmp_path / "m.json"
         mf.write_text(json.dumps(test_manifest(name, hub)))
         args = ["download", "--manifest", str(mf), "--dest", str(tmp_path / "emo"), "--endpoint", hub.endpoint]
@@ -81,11 +86,27 @@ def test_a_download_of_the_manifest_layout_loads_with_no_further_step(name, fixt
         out = capsys.readouterr().out
         if m.extras:
             assert out.index("NON-COMMERCIAL") < out.index(f"{name}: {m.repo}")   # licence shown first
-        asked = {q["path"].split(f"/resolve/{m.revision}/", 1)[-1] for q in hub.requests("api")}
+        asked = {q["path"].split("/resolve/", 1)[-1].split("/", 1)[-1] for q in hub.requests("api")}
         assert asked == {f.path for f in m.selected(list(m.extras))}
+        for f in m.files:  # each file asked of its own repo at its own pinned commit
+            repo, rev = (f.repo, f.revision) if f.repo else (m.repo, m.revision)
+            assert any(q["path"] == f"/{repo}/resolve/{rev}/{f.path}" for q in hub.requests("api")), f.path
     folder = tmp_path / "emo" / name
     assert status(parse_manifest(json.loads(mf.read_text())), tmp_path / "emo")["state"] == "complete"
     model = load_model(folder, vae_path=None)
-    assert model.config.kind == ("hallo" if name == "hallo" else "echomimic")
-    if name != "hallo":
+    assert model.config.kind == {"hallo": "hallo", "echomimic-v2": "echomimic_v2"}.get(name, "echomimic")
+    if name == "echomimic-v2":
+        assert model.config.locator_input == "pose" and model.config.steps == 30 and model.config.resolution == 768
+    elif name != "hallo":
         assert model.config.locator_input == "pose" and model.config.steps == 6
+
+
+def test_a_file_from_another_repo_needs_its_revision():
+    base = {"name": "x", "repo": "a/b", "revision": "0" * 40, "licence": "l"}
+    ok = parse_manifest({**base, "files": [{"path": "f.bin", "repo": "c/d", "revision": "1" * 40}]})
+    assert (ok.files[0].repo, ok.files[0].revision) == ("c/d", "1" * 40)
+    for bad, match in (({"path": "f.bin", "repo": "c/d"}, "given with its 'revision'"),
+                       ({"path": "f.bin", "repo": "cd", "revision": "1" * 40}, "repo id"),
+                       ({"path": "f.bin", "revision": "1" * 40}, "without its 'repo'")):
+        with pytest.raises(Exception, match=match):
+            parse_manifest({**base, "files": [bad]})

@@ -398,6 +398,55 @@ def test_load_models_picks_the_echomimic_set(comfy, fixtures):
         load(checkpoint="EchoMimic", precision="fp32", device="cpu", echomimic_set="pose")
 
 
+def test_load_models_and_pose_for_echomimic_v2(comfy, fixtures):
+    """EchoMimic v2's pretrained_weights layout in models/emo/: Load EMO Models recognises it (its own settings; the
+    accelerated pair through echomimic_set), EMO Load Pose draws a v2 pose folder (DWPose .npy: hands) at 768 px, and
+    Reference Encode takes the whole picture at the model's size (no face crop) with those frames."""
+    import json
+    import shutil
+
+    import folder_paths
+    import numpy as np
+    import torch
+    from diffusers import AutoencoderKL
+    v2, v1 = fixtures / "echomimic-v2-tiny", fixtures / "echomimic-tiny"
+    meta = json.loads((v2 / "fixture_meta.json").read_text())
+    folder = Path(folder_paths.models_dir) / "emo" / "EchoMimicV2"
+    (folder / "audio_processor").mkdir(parents=True)
+    for part in ("reference_unet", "denoising_unet", "motion_module", "pose_encoder"):
+        src = v2 / f"{part}.pth" if (v2 / f"{part}.pth").is_file() else v1 / f"{part}.pth"
+        shutil.copyfile(src, folder / f"{part}.pth")
+        if part in ("denoising_unet", "motion_module"):
+            shutil.copyfile(src, folder / f"{part}_acc.pth")
+    shutil.copyfile(v1 / "audio_processor" / "whisper_tiny.pt", folder / "audio_processor" / "tiny.pt")
+    AutoencoderKL(block_out_channels=[8, 8, 8, 8], layers_per_block=1, norm_num_groups=4,
+                  down_block_types=["DownEncoderBlock2D"] * 4,
+                  up_block_types=["UpDecoderBlock2D"] * 4).save_pretrained(folder / "sd-vae-ft-mse")
+    load = node(comfy, "EMOLoadModels").execute
+    bundle = load(checkpoint="EchoMimicV2", precision="fp32", device="cpu").args[0]
+    cfg = bundle.model.config
+    assert (cfg.kind, cfg.resolution, cfg.framing, cfg.init_noise_clamp, cfg.window_shift) == (
+        "echomimic_v2", 768, "whole", 1.5, 3)
+    assert vars(cfg.sampling()) == dict(steps=30, audio_cfg=2.5, ref_cfg=2.5, fps=24.0)
+    acc = load(checkpoint="EchoMimicV2", precision="fp32", device="cpu", echomimic_set="audio accelerated")
+    assert vars(acc.args[0].model.config.sampling()) == dict(steps=6, audio_cfg=1.0, ref_cfg=1.0, fps=24.0)
+
+    shutil.copytree(v2 / "pose", Path(folder_paths.get_input_directory()) / "v2pose")
+    frames = node(comfy, "EMOLoadPose").execute(path="v2pose", max_frames=0).args[0]
+    assert tuple(frames.shape) == (meta["pose_frames"], 768, 768, 3)
+    side = meta["pixel_hw"]  # the set's frames are 128 px; the same drawing lies in the top-left of a 768 frame
+    strip = pack_module("emo_model.faces.pose").load_pose_frames(v2 / "pose", side).numpy()
+    assert np.array_equal((frames[:, :side, :side] * 255).round().byte().numpy(), strip)
+    assert not frames[:, side:].any() and not frames[:, :, side:].any()
+
+    picture = torch.rand(1, 300, 200, 3)  # not square: stretched to the model's square, as EchoMimic v2 does
+    out = node(comfy, "EMOReferenceEncode").execute(emo_model=bundle, image=picture, frame_index=0, detector="auto",
+                                                   face_index=0, margin=0.5, pose_frames=frames).args
+    reference, placement, crop = out
+    assert tuple(crop.shape) == (1, 768, 768, 3) and reference.locator_mask.shape[2] == meta["pose_frames"]
+    assert placement.image.shape[:2] == (768, 768)
+
+
 def test_sampler_output_too_large_for_memory_is_a_clear_error(comfy):
     errors = pack_module("emo_model.errors")
     sampler = pack_module("nodes.sampler")
