@@ -15,6 +15,7 @@ The frames are used one per video frame, from the first: extra frames are droppe
 needs is an error (EchoMimic's script fails there too): nothing is looped or stretched, and a pose video's own frame
 rate is not looked at (EchoMimic takes every frame).
 """
+import logging
 import os
 import pickle
 import re
@@ -26,7 +27,10 @@ import torch
 
 from ..errors import EMOInputError
 from ..media.image import IMAGE_FORMATS, load_image, to_rgb_uint8
+from .hand_pose import FRAME as HAND_FRAME
 from .hand_pose import hand_pose_frame, is_dwpose_file, read_dwpose
+
+logger = logging.getLogger(__name__)
 
 CANVAS = 512  # px: EchoMimic draws on a 512 x 512 canvas, then resizes
 LANDMARK_FILES = (".pkl", ".npy")
@@ -218,6 +222,22 @@ def _finish(frames: np.ndarray, num_frames: int | None, name: str, drawn: bool) 
     return torch.from_numpy(np.ascontiguousarray(frames))
 
 
+def _hand_frames(files: list, resolution: int) -> np.ndarray:
+    """EchoMimic v2's DWPose files -> uint8 [L, resolution, resolution, 3], each drawn as its infer.py draws it in a
+    frame of the model's size. Poses whose drawing boxes lie outside that frame but inside EchoMimic v2's own
+    768 x 768 (e.g. a model run at another size) are drawn at 768 and resized (cv2 bilinear), said once in the log."""
+    poses = [(read_dwpose(f), str(f)) for f in files]
+    side = resolution
+    if resolution != HAND_FRAME and any(max(p["draw_pose_params"][3], p["draw_pose_params"][5]) > resolution
+                                        for p, _ in poses):
+        side = HAND_FRAME
+        logger.info("the pose drawings of %s are placed for a %dx%d frame: drawn at that size and resized to the "
+                    "model's %dx%d", Path(files[0]).parent, side, side, resolution, resolution)
+    frames = (hand_pose_frame(p, side, name) for p, name in poses)
+    return _stack_uint8((f if side == resolution else cv2.resize(f, (resolution, resolution)) for f in frames),
+                        len(poses), resolution)
+
+
 def is_dwpose_folder(path) -> bool:
     """True for EchoMimic v2's pose folder: `0.npy` there is a pickled DWPose dict (not a landmark array)."""
     path = Path(path)
@@ -272,9 +292,7 @@ def load_pose_frames(source, resolution: int, num_frames: int | None = None,
         marks = _landmark_files(path, marks)
         marks = marks[:num_frames] if num_frames else marks
         if is_dwpose_folder(path):  # EchoMimic v2: hands drawn into a frame of the model's size
-            out = _stack_uint8((hand_pose_frame(read_dwpose(f), resolution, str(f)) for f in marks), len(marks),
-                               resolution)
-            return _finish(out, num_frames, name, drawn=False)
+            return _finish(_hand_frames(marks, resolution), num_frames, name, drawn=False)
         landmarks = [read_landmarks(f) for f in marks]
     drawn = (draw_pose(lm, landmark_size) for lm in landmarks)
     frames = _stack_uint8((f if resolution == CANVAS else cv2.resize(f, (resolution, resolution)) for f in drawn),

@@ -282,3 +282,14 @@ def test_sampler(model, em2, meta, run, monkeypatch):
         _close(after[i], data[f"step{i}.latents_after"], f"step{i}.latents_after")
     final = torch.cat(chunks).permute(1, 0, 2, 3)[None]
     _close(final, data[f"step{steps - 1}.latents_after"], "final latents")
+
+
+def test_poses_placed_for_768_on_a_smaller_model(caplog):
+    """The template's example poses (assets/hands_pose, boxes of EchoMimic v2's 768 x 768 frame) for a model run at
+    128 px: drawn at 768 as the original would, then resized; said in the log."""
+    folder = Path(__file__).resolve().parents[2] / "assets" / "hands_pose"
+    with caplog.at_level("INFO", logger="emo_model.faces.pose"):
+        got = load_pose_frames(folder, 128, num_frames=2).numpy()
+    want = [cv2.resize(hand_pose_frame(read_dwpose(folder / f"{i}.npy"), 768), (128, 128)) for i in range(2)]
+    assert np.array_equal(got, np.stack(want)) and got.any()
+    assert "placed for a 768x768 frame" in caplog.text
