@@ -54,7 +54,19 @@ def test_accelerate_launch_two_processes_from_the_shell(tmp_path):
     assert set(two) == set(one) and len(one) > 100
     first = load_file(str(tmp_path / "one" / "checkpoints" / "step-00000001" / "weights.safetensors"))
     moved = 0
+    # Two half batches averaged by all-reduce sum in another order than one full batch: the gradients differ by float
+    # rounding, and AdamW's g / (sqrt(v) + eps) turns that into a visible difference for the few weights whose
+    # gradient is near zero (seen on CI: 1 element of 18432 off by 2e-6, another run 1 of 1024 by 9e-5). A real fault
+    # (gradients not averaged, a rank seeing the other's samples, a skipped step) moves most weights by about the
+    # learning rate (1e-3) per step. So: almost every element equal to float precision, and the mean difference a
+    # small fraction of the mean step-2 update.
+    diffs, updates = [], []
     for k, v in one.items():
-        torch.testing.assert_close(two[k], v, rtol=1e-5, atol=1e-6)
+        diffs.append((two[k] - v).abs().flatten())
+        updates.append((v - first[k]).abs().flatten())
         moved += int((v != first[k]).any())
+    diffs, updates = torch.cat(diffs), torch.cat(updates)
+    off = (diffs > 1e-5).float().mean().item()
+    assert off < 1e-3, f"{off:.2%} of the weights differ by more than 1e-5 between 2 processes and 1"
+    assert diffs.mean() < 0.01 * updates.mean(), (diffs.mean(), updates.mean())
     assert moved > 100  # the second step changed the weights: the comparison is not of untouched tensors
