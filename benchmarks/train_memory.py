@@ -101,10 +101,29 @@ def parts(model) -> dict:
     return out
 
 
+class _CountingCheckpoint:
+    """Stands in for `torch.utils.checkpoint.checkpoint` in the backbone (`--gradient-checkpointing`): what a
+    checkpointed layer keeps is its inputs (counted here) while its own saved tensors exist only while the backward
+    pass recomputes it: the largest of them is added once (the peak)."""
+
+    def __init__(self, flash_like):
+        self.inputs, self.peak, self.flash_like = 0, 0, flash_like
+
+    def __call__(self, fn, *args, use_reentrant=False):
+        self.inputs += sum(a.numel() for a in args if torch.is_tensor(a))
+        box = []
+        inner = saved_elements(lambda: box.append(fn(*args)), flash_like=self.flash_like)
+        self.peak = max(self.peak, inner)
+        return box[0]
+
+
 def measure(stage=2, lora=None, resolution=512, frames=12, motion_frames=4, batch=1, act_bytes=2, cfg=None,
-            dev="meta") -> dict:
+            dev="meta", checkpointing=False, half_frozen=False) -> dict:
     """cfg: the model's EMOConfig (default: SD1.5-sized, as EMO / Hallo); dev: "meta" (shapes only) or "cpu"
-    (real tensors, small configs: the count then uses PyTorch's own attention and counts storages once)."""
+    (real tensors, small configs: the count then uses PyTorch's own attention and counts storages once).
+    checkpointing: the backbone's gradient checkpointing (`train --gradient-checkpointing`; ReferenceNet is counted
+    without it, an upper bound: in a LoRA run it keeps nothing anyway). half_frozen: with --lora, the frozen weights
+    held in bf16 (`train --mixed-precision bf16 --lora`)."""
     cfg = cfg or EMOConfig(resolution=resolution, frames_per_clip=frames, motion_frames=motion_frames)
     resolution = cfg.resolution
     with torch.device(dev):
@@ -137,12 +156,24 @@ def measure(stage=2, lora=None, resolution=512, frames=12, motion_frames=4, batc
     unet = model.backbone.unet
     blocks = {f"down_blocks.{i}": m for i, m in enumerate(unet.down_blocks)}
     blocks.update({"mid_block": unet.mid_block}, **{f"up_blocks.{i}": m for i, m in enumerate(unet.up_blocks)})
-    rest, per_block = saved_elements(lambda: denoise(model, b, z(batch, 4, f, h, h),
-                                                     torch.full((batch,), 500, device=dev)),
-                                     dedupe_storage=real, flash_like=not real, blocks=blocks if not real else {})
+    import emo_model.models.backbone as backbone_module
+    counting = _CountingCheckpoint(flash_like=not real)
+    if checkpointing:
+        model.backbone.gradient_checkpointing = True
+        backbone_module.checkpoint, original = counting, backbone_module.checkpoint
+        blocks = {}  # the per-block split is of the plain run
+    try:
+        rest, per_block = saved_elements(lambda: denoise(model, b, z(batch, 4, f, h, h),
+                                                         torch.full((batch,), 500, device=dev)),
+                                         dedupe_storage=real, flash_like=not real, blocks=blocks if not real else {})
+    finally:
+        if checkpointing:
+            backbone_module.checkpoint = original
+    rest += counting.inputs + counting.peak
     total = sum(p.numel() for p in model.parameters())
     n_train = sum(p.numel() for p in trainable)
-    return dict(parts=parts(model), params=total, trainable=n_train, weights_gb=4 * total / GB,
+    weight_bytes = 4 * n_train + (2 if half_frozen and lora else 4) * (total - n_train)
+    return dict(parts=parts(model), params=total, trainable=n_train, weights_gb=weight_bytes / GB,
                 grads_gb=4 * n_train / GB, adam_gb=8 * n_train / GB, activations_gb=act_bytes * rest / GB,
                 blocks_gb={k: act_bytes * v / GB for k, v in per_block.items()})
 
@@ -155,6 +186,9 @@ def main():
     ap.add_argument("--frames", type=int, default=12)
     ap.add_argument("--motion-frames", type=int, default=4)
     ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--gradient-checkpointing", action="store_true", help="as `train --gradient-checkpointing`")
+    ap.add_argument("--bf16-frozen", action="store_true",
+                    help="with --lora: frozen weights in bf16, as `train --lora R --mixed-precision bf16` holds them")
     ap.add_argument("--check", action="store_true",
                     help="check the method: the tiny model's count on the meta device against real CPU tensors")
     a = ap.parse_args()
@@ -169,23 +203,25 @@ def main():
         return
     if a.stage == 1:
         a.frames, a.motion_frames = 1, 0
-    r = measure(a.stage, a.lora, a.resolution, a.frames, a.motion_frames, a.batch)
+    r = measure(a.stage, a.lora, a.resolution, a.frames, a.motion_frames, a.batch,
+                checkpointing=a.gradient_checkpointing, half_frozen=a.bf16_frozen)
     for k, v in r["parts"].items():
         print(f"  {k:22s} {v / 1e6:8.1f} M parameters")
     print(f"stage {a.stage}{f' LoRA rank {a.lora}' if a.lora else ''}, {a.resolution} px, f={a.frames} "
           f"n={a.motion_frames}, "
           f"batch {a.batch}: {r['params'] / 1e9:.3f} B parameters ({r['trainable'] / 1e6:.1f} M trainable)")
-    print(f"  weights fp32            {r['weights_gb']:6.2f} GB")
+    print(f"  weights {'fp32 + frozen bf16' if a.bf16_frozen and a.lora else 'fp32':18s} {r['weights_gb']:6.2f} GB")
     print(f"  gradients fp32          {r['grads_gb']:6.2f} GB")
     print(f"  AdamW state fp32        {r['adam_gb']:6.2f} GB")
     print(f"  activations kept, bf16  {r['activations_gb']:6.2f} GB (flash / memory-efficient attention)")
     if r["blocks_gb"]:
-        big = max(r["blocks_gb"], key=r["blocks_gb"].get)
         print("  of which inside the backbone's blocks: " + ", ".join(f"{k} {v:.2f}" for k, v in r["blocks_gb"].items())
               + " GB")
-        print(f"  with gradient checkpointing per backbone block (not implemented) the blocks would keep only their "
-              f"inputs while the largest ({big}, {r['blocks_gb'][big]:.2f} GB) is recomputed: about "
-              f"{r['activations_gb'] - sum(r['blocks_gb'].values()) + r['blocks_gb'][big]:.2f} GB")
+    if a.gradient_checkpointing:
+        print("  (with gradient checkpointing: each backbone layer's inputs, the rest outside the backbone's layers, "
+              "and the largest layer's recomputation)")
+    print(f"  total                   {r['weights_gb'] + r['grads_gb'] + r['adam_gb'] + r['activations_gb']:6.2f} GB "
+          "(+ transient peaks, see the docstring)")
 
 
 if __name__ == "__main__":

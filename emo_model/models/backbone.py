@@ -20,6 +20,7 @@ import torch
 from diffusers import UNet2DConditionModel
 from einops import rearrange
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ..config import EMOConfig
 from .attention import EMOAttnProcessor
@@ -63,6 +64,10 @@ class Backbone(nn.Module):
         super().__init__()
         self.config = config
         self.unet = UNet2DConditionModel(**config.unet)
+        # Training: keep only each layer's input for the backward pass and recompute the layer (resnet, spatial
+        # transformer, audio-attention, temporal module) when its gradients are needed. Set by
+        # `EMOModel.enable_gradient_checkpointing`; no effect without autograd (sampling).
+        self.gradient_checkpointing = False
         temporal, audio = config.temporal, config.audio_attention
         speed_dim = config.speed["dim"] if config.speed else None
         heads = config.unet.get("attention_head_dim", 8)
@@ -108,23 +113,37 @@ class Backbone(nn.Module):
         skips = [h]
         for i, block in enumerate(unet.down_blocks):
             for j, resnet in enumerate(block.resnets):
-                h = self._layer(f"down_blocks.{i}", block, j, i, resnet(h, emb), c)
+                h = self._unit(self._resnet_then_layer, f"down_blocks.{i}", block, j, i, resnet, c, h, emb)
                 skips.append(h)
             for downsampler in block.downsamplers or []:
                 h = downsampler(h)
                 skips.append(h)
         mid = unet.mid_block
-        h = mid.resnets[0](h, emb)
+        h = self._unit(lambda h, emb: mid.resnets[0](h, emb), h, emb)
         for j, resnet in enumerate(mid.resnets[1:]):
-            h = resnet(self._layer("mid_block", mid, j, 3, h, c), emb)
+            h = self._unit(self._layer_then_resnet, "mid_block", mid, j, 3, resnet, c, h, emb)
         for i, block in enumerate(unet.up_blocks):
             for j, resnet in enumerate(block.resnets):
-                h = self._layer(f"up_blocks.{i}", block, j, 3 - i, resnet(torch.cat([h, skips.pop()], 1), emb), c)
+                h = self._unit(self._resnet_then_layer, f"up_blocks.{i}", block, j, 3 - i, resnet, c,
+                               torch.cat([h, skips.pop()], 1), emb)
             for upsampler in block.upsamplers or []:
                 h = upsampler(h, skips[-1].shape[2:] if resize else None)
         if unet.conv_norm_out is not None:
             h = unet.conv_act(unet.conv_norm_out(h))
         return rearrange(unet.conv_out(h), "(b f) c h w -> b c f h w", f=f)
+
+    def _unit(self, fn, *args):
+        """fn(*args), through `torch.utils.checkpoint` (non-reentrant: gradients also reach the tensors the
+        conditions carry, e.g. ReferenceNet features) when gradient checkpointing is on and autograd records."""
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            return checkpoint(fn, *args, use_reentrant=False)
+        return fn(*args)
+
+    def _resnet_then_layer(self, name, block, j, level, resnet, c, h, emb):
+        return self._layer(name, block, j, level, resnet(h, emb), c)
+
+    def _layer_then_resnet(self, name, block, j, level, resnet, c, h, emb):
+        return resnet(self._layer(name, block, j, level, h, c), emb)
 
     def _layer(self, name, block, j, level, x, c: BackboneConditions):
         """After a block's j-th resnet: its spatial transformer (if any), audio-attention, then the temporal module

@@ -52,6 +52,16 @@ class EMOModel(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.backbone.unet.conv_in.weight.dtype
 
+    def enable_gradient_checkpointing(self, on: bool = True) -> None:
+        """Training memory: the backbone keeps only each layer's input for the backward pass and recomputes the
+        layer (`Backbone.gradient_checkpointing`); ReferenceNet does the same per block through diffusers'
+        `UNet2DConditionModel` checkpointing. About one more forward pass of compute per step."""
+        self.backbone.gradient_checkpointing = on
+        if on:
+            self.reference_net.unet.enable_gradient_checkpointing()
+        else:
+            self.reference_net.unet.disable_gradient_checkpointing()
+
     def component_state_dicts(self) -> dict:
         """{component: state dict} as stored in the native format (speed-layer weights kept apart)."""
         backbone = self.backbone.unet.state_dict()

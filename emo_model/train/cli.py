@@ -29,6 +29,9 @@ def add_train_parser(sub) -> None:
     t.add_argument("--audio-encoder", help="wav2vec2-base-960h folder when --init has none")
     t.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"],
                    help="default: what `accelerate launch --mixed_precision` / `accelerate config` says, else no")
+    t.add_argument("--gradient-checkpointing", action="store_true",
+                   help="recompute each layer in the backward pass instead of keeping its activations: a 512² "
+                        "stage-2 run needs a fraction of the memory for about 1.3x the step time (docs/training.md)")
     t.add_argument("--device", choices=["auto", "cpu"], default="auto")
     t.set_defaults(func=cmd_train)
 
@@ -37,7 +40,7 @@ def cmd_train(a) -> int:
     from .trainer import run_stage
     opts = {k: getattr(a, k) for k in ("batch", "frames", "motion_frames", "resolution", "lr", "save_every", "resume",
                                        "seed", "lora", "motion_module", "vae", "audio_encoder", "mixed_precision",
-                                       "device")}
+                                       "gradient_checkpointing", "device")}
     r = run_stage(a.stage, a.data, a.init, a.out, a.steps, **opts)
     if r["model"] or r["lora"]:
         print(f"wrote {r['model'] or r['lora']}")

@@ -52,6 +52,8 @@ class TrainConfig:
     adam_eps: float = 1e-8
     max_grad_norm: float = 1.0
     mixed_precision: str | None = None  # "no", "fp16", "bf16"; None: accelerate's launcher / config decides ("no")
+    gradient_checkpointing: bool = False  # recompute each layer in the backward pass instead of keeping its
+                                          # activations (512² stage-2 LoRA: 48 -> 5 GB; one more forward a step)
     device: str = "auto"               # "auto" (accelerate's choice) or "cpu"
 
     def __post_init__(self):

@@ -39,6 +39,21 @@ def add_lora(model: EMOModel, rank: int, alpha: float | None = None) -> list[str
     return names
 
 
+def frozen_to(model: EMOModel, dtype: torch.dtype) -> int:
+    """A LoRA run under fp16/bf16 mixed precision: the frozen weights of ReferenceNet and the backbone (99 % of
+    the model) in `dtype`, as diffusers' LoRA scripts hold theirs; autocast computes in that dtype anyway and the
+    adapters (trainable) stay fp32 for the optimizer. The VAE and audio encoder run without autograd as they are.
+    Returns the bytes saved."""
+    saved = 0
+    for part in (model.reference_net, model.backbone):
+        for p in part.parameters():
+            if not p.requires_grad and p.dtype != dtype:
+                before = p.data.nbytes
+                p.data = p.data.to(dtype)
+                saved += before - p.data.nbytes
+    return saved
+
+
 def lora_tensors(model: EMOModel) -> dict:
     """{module path.lora_A/B.weight: tensor} of the injected adapters (peft's adapter name dropped)."""
     from peft import get_peft_model_state_dict

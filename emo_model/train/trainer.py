@@ -117,6 +117,11 @@ def run(cfg: TrainConfig, dataset=None, on_step=None) -> dict:
         names = add_lora(model, cfg.lora, cfg.lora_alpha)
     else:
         names = set_trainable(model, cfg.stage)
+    if cfg.gradient_checkpointing:
+        model.enable_gradient_checkpointing()
+    if cfg.lora and acc.mixed_precision in ("fp16", "bf16"):
+        from .lora import frozen_to
+        frozen_to(model, torch.float16 if acc.mixed_precision == "fp16" else torch.bfloat16)
     params = [p for n, p in model.named_parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay,
                                   eps=cfg.adam_eps)

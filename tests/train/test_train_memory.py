@@ -31,3 +31,18 @@ def test_full_size_parts():
         parts = tm.parts(EMOModel(EMOConfig()))
     assert abs(parts["ReferenceNet"] - 859.5e6) < 0.5e6
     assert 2.4e9 < sum(parts.values()) < 2.6e9
+
+
+def test_gradient_checkpointing_and_bf16_frozen_weights_in_the_estimate():
+    from emo_model.formats.load import tiny_config
+    import emo_model.models.backbone as backbone_module
+    kw = dict(stage=2, frames=4, motion_frames=2, lora=4)
+    plain = tm.measure(cfg=tiny_config(), **kw)
+    ckpt = tm.measure(cfg=tiny_config(), checkpointing=True, **kw)
+    real = tm.measure(cfg=tiny_config(), checkpointing=True, dev="cpu", **kw)
+    assert backbone_module.checkpoint is torch.utils.checkpoint.checkpoint  # restored after counting
+    assert ckpt["activations_gb"] < plain["activations_gb"] / 3
+    assert 0.9 < ckpt["activations_gb"] / real["activations_gb"] < 1.2
+    half = tm.measure(cfg=tiny_config(), half_frozen=True, **kw)
+    frozen = plain["params"] - plain["trainable"]
+    assert abs((plain["weights_gb"] - half["weights_gb"]) * tm.GB - 2 * frozen) < 1
