@@ -62,10 +62,12 @@ def full(args):
     else:
         set_trainable(model, 2)
     dtype = torch.bfloat16
-    model.to(dtype=dtype) if args.lora else None
+    if args.lora:  # as `train --lora R --mixed-precision bf16` holds them
+        from emo_model.train.lora import frozen_to
+        frozen_to(model, dtype)
+    if args.gradient_checkpointing:
+        model.enable_gradient_checkpointing()
     params = [p for p in model.parameters() if p.requires_grad]
-    for p in params:
-        p.data = p.data.float()
     opt = torch.optim.AdamW(params, lr=1e-5)
     f, n, s = args.frames, args.motion_frames, cfg.latent_size
     sched = NoiseSchedule(cfg.scheduler)
@@ -90,7 +92,8 @@ def full(args):
         torch.cuda.synchronize()
         if i:
             times.append(time.perf_counter() - t0)
-    row = dict(mode=f"stage 2 {'LoRA r' + str(args.lora) if args.lora else 'full'}", resolution=args.resolution,
+    row = dict(mode=f"stage 2 {'LoRA r' + str(args.lora) if args.lora else 'full'}"
+                    f"{' checkpointing' if args.gradient_checkpointing else ''}", resolution=args.resolution,
                frames=f, motion_frames=n, batch=1, s_per_step=round(sum(times) / len(times), 3),
                peak_vram_gb=round(torch.cuda.max_memory_allocated() / 2**30, 2), gpu=torch.cuda.get_device_name())
     print(json.dumps(row), flush=True)
@@ -102,6 +105,7 @@ def main():
     p.add_argument("--full", action="store_true")
     p.add_argument("--resolution", type=int, default=512)
     p.add_argument("--lora", type=int)
+    p.add_argument("--gradient-checkpointing", action="store_true", help="--full: as `train --gradient-checkpointing`")
     p.add_argument("--frames", type=int, default=12)
     p.add_argument("--motion-frames", type=int, default=4)
     p.add_argument("--steps", type=int, default=3, help="timed steps (one more, untimed, warms up)")
