@@ -36,7 +36,7 @@ class SamplingSettings:
 
 @dataclass
 class EMOConfig:
-    kind: str = "native"                    # "native" (EMO), "hallo", "echomimic", "echomimic_v2": how it was made
+    kind: str = "native"                    # "native" (EMO), "hallo", "hallo2", "echomimic", "echomimic_v2": how it was made
     resolution: int = 512                   # pixel side of the square face crop
     unet: dict = field(default_factory=lambda: dict(SD15_UNET))
     # What the cross-attention slot (attn2) of the UNets receives: "identity" tokens (Hallo, native),
@@ -54,6 +54,10 @@ class EMOConfig:
     frames_per_clip: int = 12               # f (EMO 12, Hallo 16, EchoMimic's window 12)
     motion_frames: int = 4                  # n (EMO 4, Hallo 2); the window overlap in context_windows mode
     first_clip_motion: str = "reference"    # motion frames of the first clip: "reference" latents repeated, or "zeros"
+    # Motion-frame pixel drop (Hallo2): before the motion frames are VAE-encoded, this fraction of their pixels
+    # outside the face box is set to 0 (one mask per clip for all motion frames and channels, drawn from the run's
+    # seeded generator before the clip's noise). 0 = off (EMO, Hallo); Hallo2 0.25. The sampler's "auto".
+    motion_drop: float = 0.0
     hallo_identity_tiling: bool = False     # reproduce Hallo's row tiling of identity tokens in ReferenceNet
     identity: dict | None = field(default_factory=lambda: dict(embed_dim=512, tokens=4))
     face_locator: dict = field(default_factory=lambda: dict(in_channels=1, block_out_channels=[16, 32, 96, 256]))
@@ -64,7 +68,9 @@ class EMOConfig:
     # (EchoMimic v2: the whole picture resized to the model's square size is the reference and the output frame).
     framing: str = "face_crop"
     # Audio tokens per frame: wav2vec2 features of all layers in a +-window, projected (EMO, Hallo), or whisper
-    # features in a 10-frame chunk used raw (EchoMimic).
+    # features in a 10-frame chunk used raw (EchoMimic). wav2vec2 keys: fps (the rate it was trained at), window (m),
+    # pad_to_clip (Hallo: features padded to whole clips), piece_seconds (Hallo2: the track is encoded in independent
+    # pieces of this length, 60 s, as its script cuts it; see `Wav2VecAudioEncoder.encode_pieces`).
     audio_encoder: dict = field(default_factory=lambda: dict(kind="wav2vec2", fps=25.0, window=2))
     audio_projection: dict | None = field(default_factory=lambda: dict(
         seq_len=5, blocks=12, channels=768, intermediate_dim=512, output_dim=768, context_tokens=32))

@@ -8,7 +8,8 @@ import pytest
 
 REPO_FIXTURES = Path(__file__).resolve().parent / "fixtures"  # what tests/conftest.py uses without EMO_FIXTURES
 
-LIMIT = 11 * 2**20  # 11 MiB for all sets together (echomimic-v2-tiny borrows echomimic-tiny's UNet files: +0.85 MiB)
+LIMIT = 11 * 2**20  # 11 MiB for all sets together (echomimic-v2-tiny borrows echomimic-tiny's UNet files: +0.85 MiB;
+#                     hallo2-tiny borrows hallo-tiny's net.pth, wav2vec2 and inputs: +0.4 MiB)
 FILE_LIMIT = 4 * 2**20  # per file: a snapshot of the repository (GitHub fetchers, archives) may drop larger files
 
 COMMON = ["README.md", "fixture_meta.json", "tiny_inference_config.json", "scheduler_config.json",
@@ -25,6 +26,10 @@ SETS = {
                           "pose_encoder.pth", "pose_encoder.safetensors", "unet_forward.safetensors",
                           "window.safetensors", "sampling.safetensors", "pose_frames.png", "pose_drawn_wide.png",
                           "pose_drawn_tall.png"] + [f"pose/{i}.npy" for i in range(10)],
+    # its net.pth, UNet config, wav2vec2 folder and synthetic inputs are hallo-tiny's (fixture_meta.json)
+    "hallo2-tiny": ["README.md", "fixture_meta.json", "scheduler_config.json", "reference.png",
+                    "sd-vae-ft-mse/config.json", "sd-vae-ft-mse/diffusion_pytorch_model.safetensors",
+                    "sampling.safetensors", "audio_long.safetensors"],
 }
 
 

@@ -9,10 +9,12 @@ Exact to Hallo's audio path (`AudioProcessor.preprocess` + `Wav2VecModel.forward
 4. Feature projection + transformer encoder; the outputs of all layers (`hidden_states[1:]`) -> [F, layers, dim].
 
 The model itself is transformers' `Wav2Vec2Model`; only the steps between its submodules are written here.
-Long tracks are encoded in overlapping chunks (see `Wav2VecAudioEncoder.encode`).
+Long tracks are encoded in overlapping chunks (see `Wav2VecAudioEncoder.encode`), or, for Hallo2, in independent
+60 s pieces as its script cuts them (`Wav2VecAudioEncoder.encode_pieces`).
 """
 
 import json
+import logging
 import math
 from fractions import Fraction
 from pathlib import Path
@@ -29,6 +31,7 @@ from ..errors import EMOCheckpointError, EMOInputError
 from ..formats.safe_load import load_tensors
 from ..media.audio import count_frames, fps_fraction
 
+logger = logging.getLogger(__name__)
 SAMPLE_RATE = 16000  # Hz, the only rate wav2vec2 was trained on
 _WN = "encoder.pos_conv_embed.conv."  # the weight-normed positional conv
 
@@ -205,6 +208,46 @@ class Wav2VecAudioEncoder(nn.Module):
             out.append(self._encode_window(wave, bound(start), bound(end), end - start)[a - start:b - start])
         return torch.cat(out)
 
+    @torch.no_grad()
+    def encode_pieces(self, waveform_16k: torch.Tensor, fps, pad_multiple: int = 1,
+                      piece_seconds: float = 60.0) -> torch.Tensor:
+        """Hallo2's long-audio path (scripts/inference_long.py `cut_audio` + `AudioProcessor.preprocess` per piece):
+        mono 16 kHz waveform [samples] -> features [F, L, C] on the CPU.
+
+        The track is cut into pieces of `piece_seconds` (the last one shorter); each piece is normalised and encoded
+        on its own (wav2vec2 context and normalisation restart at every border; no overlap), with its own frame count
+        F_i = ceil(samples_i / 16000 x fps), and the features are concatenated: F = sum F_i before padding. Only the
+        last piece is zero-padded, by (pad_multiple - F % pad_multiple) frames of floor(16000 / fps) samples, and only
+        when its OWN F_i is not a multiple of pad_multiple (Hallo2's arithmetic, kept for parity): so a total already
+        a multiple of pad_multiple gets pad_multiple frames more, and a last piece whose F_i is a multiple gets none
+        (F is then not a whole number of clips; the sampler repeats the last frame's tokens past it, where Hallo2's
+        script drops those frames). A track of at most one piece is `encode`'s single pass. A last piece too short for
+        wav2vec2 even with its padding is encoded with the piece before it (said in the log).
+        """
+        wave = self._check_waveform(waveform_16k)
+        fps_q = fps_fraction(fps)
+        step = round(piece_seconds * SAMPLE_RATE)
+        if step < self.min_samples:
+            raise EMOInputError(f"audio pieces of {piece_seconds:g} s are shorter than wav2vec2's "
+                                f"{1000 * self.min_samples / SAMPLE_RATE:.0f} ms: use longer pieces")
+        bounds = [(a, min(a + step, wave.shape[0])) for a in range(0, wave.shape[0], step)]
+        pad = int(pad_multiple)
+        counts = [count_frames(b - a, SAMPLE_RATE, fps_q) for a, b in bounds]
+        last_pad = 0
+        if pad > 1 and counts[-1] % pad:
+            last_pad = pad - sum(counts) % pad
+        spf = math.floor(SAMPLE_RATE / fps_q)
+        if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] + last_pad * spf < self.min_samples:
+            logger.info("the last %d samples of the track are too short for wav2vec2 on their own: encoded with the "
+                        "%g s piece before them", bounds[-1][1] - bounds[-1][0], piece_seconds)
+            bounds[-2:] = [(bounds[-2][0], bounds[-1][1])]
+            counts[-2:] = [counts[-2] + counts[-1]]
+        out = []
+        for i, ((a, b), frames) in enumerate(zip(bounds, counts)):
+            extra = last_pad if i == len(bounds) - 1 else 0
+            out.append(self._encode_window(wave[:b], a, b + extra * spf, frames + extra))
+        return torch.cat(out)
+
     @staticmethod
     def window(features: torch.Tensor, m: int = 2, start: int = 0, end: int | None = None) -> torch.Tensor:
         """Hallo's `process_audio_emb`: features [F, L, C] -> [f, 2m+1, L, C], row i holding frames i-m .. i+m,
@@ -229,9 +272,15 @@ class Wav2VecAudioEncoder(nn.Module):
         resampled linearly to the video rate; F is padded to whole clips when `settings["pad_to_clip"]` (Hallo)."""
         enc_fps = fps_fraction(settings.get("fps") or fps)
         pad = frames_per_clip if settings.get("pad_to_clip") else 1
+        pieces = settings.get("piece_seconds")
+
+        def encode(rate, pad_multiple):
+            if pieces:
+                return self.encode_pieces(wave16, rate, pad_multiple, pieces)
+            return self.encode(wave16, rate, pad_multiple=pad_multiple)
         if enc_fps == fps:
-            return self.encode(wave16, fps, pad_multiple=pad)
-        feats = self.encode(wave16, enc_fps)
+            return encode(fps, pad)
+        feats = encode(enc_fps, 1)
         n_out = math.ceil(num_frames / pad) * pad
         feats = F.interpolate(rearrange(feats, "f l c -> 1 (l c) f"), size=n_out, mode="linear", align_corners=True)
         return rearrange(feats, "1 (l c) f -> f l c", l=self.num_layers)

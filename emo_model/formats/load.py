@@ -41,7 +41,8 @@ COMPONENTS = ("reference_net", "backbone", "face_locator", "audio_projection", "
 
 
 def detect_format(path) -> str:
-    """'native', 'hallo' or 'echomimic' for a file or folder, or an EMOCheckpointError saying why it is none."""
+    """'native', 'hallo', 'hallo2' or 'echomimic' for a file or folder, or an EMOCheckpointError saying why it is
+    none. Hallo2's net.pth has Hallo's keys: it is told by its place (`hallo.is_hallo2_path`)."""
     p = Path(path)
     if not p.exists():
         raise EMOCheckpointError(f"model path not found: {p}. Put the model folder in ComfyUI/models/emo/ "
@@ -57,29 +58,42 @@ def detect_format(path) -> str:
         from .echomimic import is_echomimic_folder
         if is_echomimic_folder(p):
             return "echomimic"
-        if _hallo_net(p):
-            return "hallo"
+        net = _hallo_net(p)
+        if net:
+            from .hallo import is_hallo2_path
+            return "hallo2" if is_hallo2_path(net) else "hallo"
         raise EMOCheckpointError(
             f"{p} is not a model this pack knows: expected an EMO native folder (config.json with format "
-            f"'{NATIVE}'), Hallo's pretrained_models folder (hallo/net.pth) or an EchoMimic folder "
+            f"'{NATIVE}'), Hallo's or Hallo2's pretrained_models folder (hallo/net.pth, hallo2/net.pth) or an "
+            "EchoMimic folder "
             "(denoising_unet.pth, reference_unet.pth, motion_module.pth, face_locator.pth; EchoMimic v2: pose_encoder.pth)")
     if p.suffix == ".pth" and p.name.startswith(("denoising_unet", "reference_unet", "motion_module", "face_locator",
                                                  "pose_encoder")):
         return "echomimic"
     sd = load_tensors(p)
-    from .hallo import is_hallo
+    from .hallo import is_hallo, is_hallo2_path
     if is_hallo(sd):
-        return "hallo"
+        return "hallo2" if is_hallo2_path(p) else "hallo"
     raise EMOCheckpointError(f"{p} holds {len(sd)} tensors but none of Hallo's (denoising_unet.*.audio_modules): "
                              "it is not a model this pack knows. Pick Hallo's net.pth, an EchoMimic folder or an "
                              "EMO native folder")
 
 
 def _hallo_net(folder: Path) -> Path | None:
-    for cand in (folder / "net.pth", folder / "hallo" / "net.pth"):
-        if cand.is_file():
-            return cand
-    return None
+    """net.pth in a Hallo / Hallo2 folder: the folder's own, or pretrained_models' hallo2/ or hallo/ (both there:
+    Hallo2's, said once in the log; pick hallo/net.pth itself for Hallo)."""
+    own = folder / "net.pth"
+    if own.is_file():
+        return own
+    found = [c for c in (folder / "hallo2" / "net.pth", folder / "hallo" / "net.pth") if c.is_file()]
+    if len(found) == 2 and folder not in _BOTH_SAID:
+        _BOTH_SAID.add(folder)
+        logger.info("%s holds both hallo2/net.pth and hallo/net.pth: Hallo2 is loaded (pick hallo/net.pth itself "
+                    "to load Hallo)", folder)
+    return found[0] if found else None
+
+
+_BOTH_SAID: set = set()
 
 
 def _find(folder: Path, names, what: str, hint: str) -> Path:
@@ -109,12 +123,12 @@ def find_vae(path) -> Path | None:
         if "vae" in files:
             return p / files["vae"]  # an absolute path stays absolute
         return (p / "vae") if (p / "vae").exists() else _find_optional(p, ["sd-vae-ft-mse"])
-    return _find_optional(_hallo_net(p).parent if kind == "hallo" else p, ["sd-vae-ft-mse"])
+    return _find_optional(_hallo_net(p).parent if kind in ("hallo", "hallo2") else p, ["sd-vae-ft-mse"])
 
 
 def load_model(path, device="cpu", dtype=torch.float32, vae_path=None, audio_encoder_path=None,
                accelerated: bool | None = None, pose: bool | None = None) -> EMOModel:
-    """Load any supported checkpoint. `path`: native folder, Hallo net.pth or its folder, EchoMimic folder (or one
+    """Load any supported checkpoint. `path`: native folder, Hallo / Hallo2 net.pth or its folder, EchoMimic folder (or one
     of its .pth files; an `_acc` file picks the accelerated set), or "tiny-random" (a tiny random model for trying
     things out: its output is noise). vae_path: a VAE folder/file, None to find the checkpoint's own, or False to
     load none (model.vae stays None: for latent-only use such as tests; attach a VAE before encoding or decoding).
@@ -128,8 +142,8 @@ def load_model(path, device="cpu", dtype=torch.float32, vae_path=None, audio_enc
     p = Path(path)
     if kind == "native":
         model = _load_native(p, vae_path, audio_encoder_path)
-    elif kind == "hallo":
-        model = _load_hallo(p, vae_path, audio_encoder_path)
+    elif kind in ("hallo", "hallo2"):
+        model = _load_hallo(p, vae_path, audio_encoder_path, hallo2=kind == "hallo2")
     else:
         if p.is_file():
             from .echomimic import echomimic_variant
@@ -232,20 +246,21 @@ def _weights_dtype(sd: dict) -> torch.dtype:
     return max(counts, key=counts.get) if counts else torch.float32
 
 
-def _load_hallo(p: Path, vae_path=None, audio_encoder_path=None) -> EMOModel:
+def _load_hallo(p: Path, vae_path=None, audio_encoder_path=None, hallo2: bool = False) -> EMOModel:
     from .hallo import find_unet_config, hallo_config, load_hallo_weights
     net = p if p.is_file() else _hallo_net(p)
     root = net.parent
     vae_dir = None if vae_path is False else Path(vae_path) if vae_path else _find(
         root, ["sd-vae-ft-mse"], "sd-vae-ft-mse",
-        "put Hallo's sd-vae-ft-mse folder in pretrained_models/ (or choose a VAE in ComfyUI/models/vae/)")
+        "put Hallo's (or Hallo2's) sd-vae-ft-mse folder in pretrained_models/ (or choose a VAE in ComfyUI/models/vae/)")
     enc_dir = Path(audio_encoder_path) if audio_encoder_path else _find(
         root, ["wav2vec/wav2vec2-base-960h", "wav2vec2-base-960h"], "wav2vec2-base-960h",
-        "put Hallo's wav2vec/wav2vec2-base-960h folder in pretrained_models/ (or in ComfyUI/models/audio_encoders/)")
+        "put Hallo's (or Hallo2's) wav2vec/wav2vec2-base-960h folder in pretrained_models/ (or in "
+        "ComfyUI/models/audio_encoders/)")
     from ..audio.wav2vec2 import Wav2VecAudioEncoder
     enc = Wav2VecAudioEncoder.from_folder(enc_dir)
     sd = load_tensors(net)
-    config, widths = hallo_config(sd, find_unet_config(net), (enc.num_layers, enc.hidden_size))
+    config, widths = hallo_config(sd, find_unet_config(net), (enc.num_layers, enc.hidden_size), hallo2=hallo2)
     model = EMOModel(config, widths)
     load_hallo_weights(model, sd, net)
     model.vae = None if vae_dir is None else _load_vae(vae_dir)

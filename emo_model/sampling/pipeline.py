@@ -105,14 +105,15 @@ class EMOPipeline:
     def sample(self, audio: EncodedAudio, ref: EncodedReference, steps: int | None = None, seed: int = 0,
                audio_cfg: float | None = None, ref_cfg: float | None = None, speed: float | None = None,
                frames_per_clip: int | None = None, motion_frames: int | None = None,
-               region_weights=(1.0, 1.0, 1.0), callback: Callable[[SampleProgress], None] | None = None
-               ) -> Iterator[torch.Tensor]:
+               region_weights=(1.0, 1.0, 1.0), callback: Callable[[SampleProgress], None] | None = None,
+               motion_drop: float | None = None) -> Iterator[torch.Tensor]:
         """Checks every setting now (raising EMOInputError before any model work), then returns an iterator of the
         decoded clips (f H W 3) float 0..1 on the CPU, in order, audio.num_frames frames in all. None takes the
-        checkpoint's default. `callback` runs after every denoising step; raising from it stops sampling there
-        (nothing further is computed)."""
+        checkpoint's default (motion_drop: Hallo2's motion-frame pixel drop, see motion_frames.py; Hallo2 0.25,
+        others 0). `callback` runs after every denoising step; raising from it stops sampling there (nothing
+        further is computed)."""
         settings = check_inputs(self.model, audio, ref, steps, seed, audio_cfg, ref_cfg, speed, frames_per_clip,
-                                motion_frames, region_weights)
+                                motion_frames, region_weights, motion_drop)
         return self._run(audio, ref, settings, callback)
 
     @torch.no_grad()

@@ -29,11 +29,14 @@ class EncodedReference:
     sample it). latent: (1 4 h w) VAE-scaled; locator_mask: the face locator's input,
     (1 c 1 H W) float 0..1 (the face region) or (1 c L H W) uint8 0..255 (one pose drawing per video frame);
     masks: Hallo's region masks (full, face, lip) x 4 levels [1, hw], or None; identity_embedding: [1, 512] face
-    embedding for Hallo's identity tokens, or None (the zero embedding)."""
+    embedding for Hallo's identity tokens, or None (the zero embedding); pixels: the crop at the model's size,
+    (1 3 H W) float -1..1, what `latent` encodes (Hallo2's first clip masks these pixels for its motion frames), or
+    None."""
     latent: torch.Tensor
     locator_mask: torch.Tensor
     masks: list | None = None
     identity_embedding: torch.Tensor | None = None
+    pixels: torch.Tensor | None = None
 
 
 @dataclass
@@ -147,7 +150,7 @@ def encode_reference(model, image, face_mask, identity_embedding=None, locator_f
     locator = _locator_input(mask, model.face_locator.in_channels, locator_frames, res)
     masks = _region_masks(cfg, mask, scale, mouth)
     emb = None if identity_embedding is None else torch.as_tensor(identity_embedding, dtype=torch.float32).reshape(1, -1)
-    return EncodedReference(latent.cpu(), locator, masks, emb)
+    return EncodedReference(latent.cpu(), locator, masks, emb, img.cpu())
 
 
 def _tensor(x) -> torch.Tensor:

@@ -1,4 +1,5 @@
 """The settings of one sampling run, checked before any model work: `check_inputs` -> a frozen `SampleSettings`."""
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -8,6 +9,9 @@ from ..errors import EMOInputError
 from .context_windows import context_windows
 from .guidance import Pass, guidance_passes
 from .reference import EncodedReference
+
+logger = logging.getLogger(__name__)
+_IGNORED_SAID: list = []
 
 
 @dataclass(frozen=True)
@@ -22,12 +26,15 @@ class SampleSettings:
     motion_frames: int            # n: motion frames, or the window overlap in context-windows mode
     region_weights: tuple         # (full/pose, face, lip) audio weights (Hallo)
     passes: tuple[tuple[Pass, float], ...]  # guidance passes and weights
+    motion_drop: float = 0.0      # fraction of the motion frames' pixels outside the face box dropped (Hallo2)
 
 
 def check_inputs(model, audio: EncodedAudio, ref: EncodedReference, steps=None, seed=0, audio_cfg=None,
                  ref_cfg=None, speed=None, frames_per_clip=None, motion_frames=None,
-                 region_weights=(1.0, 1.0, 1.0)) -> SampleSettings:
-    """The run's settings (None: the checkpoint's default).
+                 region_weights=(1.0, 1.0, 1.0), motion_drop=None) -> SampleSettings:
+    """The run's settings (None: the checkpoint's default). motion_drop: the motion-frame pixel drop, 0..1 (None:
+    the checkpoint's, Hallo2 0.25, others 0); models without motion frames (EchoMimic's windows) ignore it (said
+    once in the log when set).
     Raises: EMOInputError naming the setting or input to change."""
     cfg = model.config
     chosen = cfg.sampling(steps=steps, audio_cfg=audio_cfg, ref_cfg=ref_cfg)  # None: the checkpoint's own
@@ -57,8 +64,24 @@ def check_inputs(model, audio: EncodedAudio, ref: EncodedReference, steps=None, 
             raise EMOInputError(f"windows of {min(f, L)} frames exceed the temporal modules' {max_len} "
                                 "positions: lower frames per clip")
     speed = None if model.speed_encoder is None else (cfg.speed_value if speed is None else float(speed))
+    drop = _motion_drop(cfg, motion_drop)
     return SampleSettings(steps, int(seed), audio_cfg, ref_cfg, speed, f, n, region_weights,
-                          tuple(guidance_passes(audio_cfg, ref_cfg)))
+                          tuple(guidance_passes(audio_cfg, ref_cfg)), drop)
+
+
+def _motion_drop(cfg, motion_drop) -> float:
+    default = float(getattr(cfg, "motion_drop", 0.0))
+    drop = default if motion_drop is None else float(motion_drop)
+    if not 0.0 <= drop < 1.0:
+        raise EMOInputError(f"motion_drop is the fraction of the motion frames' pixels outside the face box that are "
+                            f"dropped: 0 (off) up to below 1, got {drop:g} (Hallo2 uses 0.25)")
+    if cfg.temporal_mode != "motion_frames":
+        if drop > 0 and not _IGNORED_SAID:
+            _IGNORED_SAID.append(True)
+            logger.info("motion_drop %g is ignored: this model samples in context windows and has no motion frames",
+                        drop)
+        return 0.0
+    return drop
 
 
 def check_audio(model, audio: EncodedAudio) -> None:
