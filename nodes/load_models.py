@@ -72,14 +72,15 @@ class EMOLoadModels(io.ComfyNode):
             node_id="EMOLoadModels",
             display_name="Load EMO Models",
             category=CATEGORY,
-            description="Loads an EMO talking-head checkpoint (native EMO, Hallo, EchoMimic v1 or EchoMimic v2, "
+            description="Loads an EMO talking-head checkpoint (native EMO, Hallo, Hallo2, EchoMimic v1 or EchoMimic v2, "
                         "recognised automatically) from ComfyUI/models/emo/. The weights stay on the offload device until a "
                         "node needs them; ComfyUI's model management moves them.",
             inputs=[
                 io.Combo.Input("checkpoint", options=list_checkpoints(),
                                tooltip="A checkpoint folder or file in ComfyUI/models/emo/ (or an `emo:` path in "
                                        "extra_model_paths.yaml). Native: a folder with config.json; Hallo: net.pth "
-                                       "or its folder; EchoMimic: its folder (v2: the one with pose_encoder.pth)."),
+                                       "or its folder; Hallo2: its pretrained_models folder (hallo2/net.pth) or "
+                                       "that file; EchoMimic: its folder (v2: the one with pose_encoder.pth)."),
                 io.Combo.Input("vae", options=[FROM_CHECKPOINT, *folder_paths.get_filename_list("vae")],
                                default=FROM_CHECKPOINT,
                                tooltip="The VAE (sd-vae-ft-mse): 'from checkpoint' uses the one inside or beside the "

@@ -19,6 +19,7 @@ from .streaming import TempVideo, output_linked, placeholder_image
 log = logging.getLogger(__name__)
 
 AUTO = 0  # steps / CFG widget value meaning "what the checkpoint was made for" (EMOConfig.sampling)
+AUTO_DROP = -1.0  # motion_drop widget value meaning the checkpoint's own (Hallo2 0.25, others 0 = off)
 PREVIEW_EVERY = 0.5  # s: a preview copies latents to the host (a GPU sync), so at most two per second
 
 
@@ -94,6 +95,13 @@ class EMOSampler(io.ComfyNode):
                 io.Float.Input("lip_weight", default=1.0, min=0.0, max=5.0, step=0.05, round=0.01, optional=True,
                                tooltip="Hallo models only: how strongly the audio drives the lips (Hallo's "
                                        "lip_weight). Other models ignore it."),
+                io.Float.Input("motion_drop", default=AUTO_DROP, min=-1.0, max=0.95, step=0.05, round=0.01,
+                               optional=True,
+                               tooltip="Models with motion frames (Hallo2, Hallo, EMO): the fraction of the motion "
+                                       "frames' pixels outside the face box set to grey before each clip (Hallo2's "
+                                       "long-video trick: the next clip leans less on the last frames, so long "
+                                       "videos drift less). -1 = auto: the checkpoint's own (Hallo2 0.25; Hallo, "
+                                       "EMO 0 = off); 0 = off. EchoMimic (context windows) ignores it."),
             ],
             outputs=[
                 io.Image.Output(display_name="frames", tooltip="The video frames, IMAGE [frames, H, W, 3] 0..1."),
@@ -111,7 +119,8 @@ class EMOSampler(io.ComfyNode):
 
     @classmethod
     def execute(cls, emo_model, encoded_audio, reference, seed, steps, audio_cfg, reference_cfg,
-                head_motion_speed, frames_per_clip, motion_frames, pose_weight=1.0, face_weight=1.0, lip_weight=1.0):
+                head_motion_speed, frames_per_clip, motion_frames, pose_weight=1.0, face_weight=1.0, lip_weight=1.0,
+                motion_drop=AUTO_DROP):
         bundle = emo_model
         config = bundle.model.config
         chosen = config.sampling(steps=steps or None, audio_cfg=audio_cfg or None, ref_cfg=reference_cfg or None)
@@ -121,6 +130,9 @@ class EMOSampler(io.ComfyNode):
         speed = head_motion_speed if getattr(config, "speed", None) else None
         fpc = frames_per_clip or None
         mf = None if motion_frames < 0 else motion_frames
+        drop = None if motion_drop < 0 else motion_drop
+        if drop is None and getattr(config, "motion_drop", 0.0) > 0:
+            log.info("EMO Sampler: auto motion-frame pixel drop of the checkpoint: %g", config.motion_drop)
         node_id = cls.hidden.unique_id if cls.hidden is not None else None
         bar = None
         last_preview = -PREVIEW_EVERY
@@ -152,7 +164,7 @@ class EMOSampler(io.ComfyNode):
                                                audio_cfg=chosen.audio_cfg, ref_cfg=chosen.ref_cfg, speed=speed,
                                                frames_per_clip=fpc, motion_frames=mf,
                                                region_weights=(pose_weight, face_weight, lip_weight),
-                                               callback=on_step):
+                                               callback=on_step, motion_drop=drop):
                 if stream is not None:
                     stream.write(clip)
                 if want_images:

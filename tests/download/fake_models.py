@@ -33,9 +33,9 @@ def fake_files(name: str, fixtures: Path) -> dict:
     """{repo path: bytes} for every file of the built-in manifest `name` (extras included)."""
     m = builtin_manifest(name)
     out = dict(_tiny_vae_files())
-    if name == "hallo":
+    if name in ("hallo", "hallo2"):  # Hallo2's net.pth has Hallo's keys (hallo2-tiny borrows hallo-tiny's)
         src = fixtures / "hallo-tiny"
-        out["hallo/net.pth"] = (src / "net.pth").read_bytes()
+        out[f"{name}/net.pth"] = (src / "net.pth").read_bytes()
         out["stable-diffusion-v1-5/unet/config.json"] = (src / "stable-diffusion-v1-5/unet/config.json").read_bytes()
         for p in (src / "wav2vec/wav2vec2-base-960h").iterdir():
             out[f"wav2vec/wav2vec2-base-960h/{p.name}"] = p.read_bytes()

@@ -13,7 +13,7 @@ from emo_model.download.manifest import COMMIT
 from fake_models import fake_files, test_manifest
 from hub_server import FakeHub
 
-REQUIRED = {"hallo", "echomimic", "echomimic-acc", "echomimic-pose", "echomimic-pose-acc", "echomimic-v2"}
+REQUIRED = {"hallo", "hallo2", "echomimic", "echomimic-acc", "echomimic-pose", "echomimic-pose-acc", "echomimic-v2"}
 
 
 def test_every_shipped_manifest_parses_and_pins_a_commit():
@@ -70,7 +70,7 @@ def test_every_listed_file_is_read_by_the_loader(name, fixtures, tmp_path):
         assert find_keypoint_detector(d) == d / "scrfd_10g_bnkps.onnx"
 
 
-@pytest.mark.parametrize("name", ["hallo", "echomimic-pose-acc", "echomimic-v2"])
+@pytest.mark.parametrize("name", ["hallo", "hallo2", "echomimic-pose-acc", "echomimic-v2"])
 def test_a_download_of_the_manifest_layout_loads_with_no_further_step(name, fixtures, tmp_path, capsys):
     m = builtin_manifest(name)
     files = fake_files(name, fixtures)
@@ -94,10 +94,12 @@ def test_a_download_of_the_manifest_layout_loads_with_no_further_step(name, fixt
     folder = tmp_path / "emo" / name
     assert status(parse_manifest(json.loads(mf.read_text())), tmp_path / "emo")["state"] == "complete"
     model = load_model(folder, vae_path=None)
-    assert model.config.kind == {"hallo": "hallo", "echomimic-v2": "echomimic_v2"}.get(name, "echomimic")
+    assert model.config.kind == {"hallo": "hallo", "hallo2": "hallo2", "echomimic-v2": "echomimic_v2"}.get(name, "echomimic")
+    if name == "hallo2":  # DEST/hallo2/hallo2/net.pth: Hallo2's layout, its sampling settings
+        assert model.config.motion_drop == 0.25 and model.config.audio_encoder["piece_seconds"] == 60
     if name == "echomimic-v2":
         assert model.config.locator_input == "pose" and model.config.steps == 30 and model.config.resolution == 768
-    elif name != "hallo":
+    elif name not in ("hallo", "hallo2"):
         assert model.config.locator_input == "pose" and model.config.steps == 6
 
 

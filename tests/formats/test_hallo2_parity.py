@@ -26,7 +26,7 @@ from safetensors.torch import load_file
 
 from emo_model import EMOPipeline, EncodedReference, load_model
 from emo_model.formats.load import detect_format
-from emo_model.sampling.guidance import guidance_passes
+from emo_model.sampling.guidance import GuidedDDIM, guidance_passes
 from emo_model.sampling.motion_frames import MotionFrames
 from emo_model.sampling.vae import VAECodec
 
@@ -170,8 +170,8 @@ def test_forward_first_clip_with_masked_motion_frames(pipe, model, h2, meta, inp
 
 
 def _run(pipe, h2, meta, inputs, drop=None, clips=None):
-    """EMOPipeline.sample on the short track: per clip the motion latents our VAE codec made (recorded by wrapping
-    VAECodec.encode, nothing replaced) and the latents after every step; the decoded frames."""
+    """EMOPipeline.sample on the short track: per encode of our VAE codec the pixels it got and the latents it made
+    (recorded by wrapping VAECodec.encode, nothing replaced), the latents after every step, the decoded frames."""
     s = load_file(h2 / "sampling.safetensors")
     ref = _reference(inputs, pipe.vae.encode(inputs[1]).cpu())
     f = meta["clip_length"]
@@ -181,7 +181,7 @@ def _run(pipe, h2, meta, inputs, drop=None, clips=None):
 
     def record(self, pixels):
         out = codec_encode(self, pixels)
-        encoded.append(out.clone())
+        encoded.append((pixels.clone(), out.clone()))
         return out
     VAECodec.encode = record
     try:
@@ -198,6 +198,13 @@ def _run(pipe, h2, meta, inputs, drop=None, clips=None):
     return s, audio, encoded, steps, torch.cat(frames)
 
 
+def _keep(s, inputs, k) -> torch.Tensor:
+    """Clip k's mask as the original drew it: (rand > 0.25) from the set, OR the face region; (c H W) bool."""
+    face = inputs[0]["face_region"]
+    bits = np.unpackbits(s[f"clip{k}.mask_rand_packed"].numpy())[: face[0].numel()]
+    return torch.from_numpy(bits.reshape(face.shape[1:]).astype(bool)) | (face > 0)
+
+
 @pytest.fixture(scope="module")
 def run(pipe, h2, meta, inputs):
     return _run(pipe, h2, meta, inputs)
@@ -212,33 +219,71 @@ def test_audio_of_the_short_track(pipe, run, meta):
         _close(pipe.audio_tokens(audio, k * f, (k + 1) * f)[None], s[f"clip{k}.audio_tokens"])
 
 
-def test_one_clip(run, meta):
-    """The first clip: its motion latents are the reference pixels with the drop mask (the first draw of the seeded
-    generator), encoded; its initial noise is the second draw; then the DDIM loop."""
+def test_one_clip(run, meta, inputs):
+    """The first clip: its motion frames are the reference pixels with the drop mask (the first draw of the seeded
+    generator: the pixels our codec got are exactly the original's), encoded; its initial noise is the second draw;
+    then the DDIM loop."""
     s, _, encoded, steps, _ = run
-    _close(encoded[0], s["clip0.ref_image_latents"][1:])
+    pixels, latents = encoded[0]
+    n = meta["n_motion_frames"]
+    assert torch.equal(pixels.cpu(), (inputs[1] * _keep(s, inputs, 0)).expand(n, -1, -1, -1))
+    _close(latents, s["clip0.ref_image_latents"][1:])
     for i in range(meta["sampling_steps"]):
         _close(steps[i], s[f"clip0.step{i}.latents_after"])
 
 
-def test_two_clips_with_the_mask(run, meta):
+def test_two_clips_with_the_mask(run, meta, inputs):
     """The second clip: the first clip's last two decoded frames with a NEW mask (drawn after the first clip's noise,
-    before the second's), encoded; then its DDIM loop; and the decoded video's frame means."""
+    before the second's: the dropped pixels are exactly the original's), encoded; then its DDIM loop; the decoded
+    video's frame means. A set with more clips: every later clip's mask is checked the same way (its latents, after
+    a chain of VAE round trips, by `test_every_clip_from_the_originals_previous_clip`)."""
     s, _, encoded, steps, frames = run
-    n_steps = meta["sampling_steps"]
-    assert meta["clips"] == 2 and len(steps) == 2 * n_steps
-    _close(encoded[1], s["clip1.ref_image_latents"][1:], TOL_CLIP2)
+    n_steps, clips = meta["sampling_steps"], meta["clips"]
+    assert clips >= 2 and len(steps) == clips * n_steps and len(encoded) == clips
+    for k in range(1, clips):
+        pixels = encoded[k][0].cpu()
+        keep = _keep(s, inputs, k).expand_as(pixels)
+        assert torch.equal(pixels == 0, ~keep)  # decoded pixels are never exactly 0 where they are kept
+    _close(encoded[1][1], s["clip1.ref_image_latents"][1:], TOL_CLIP2)
     for i in range(n_steps):
         _close(steps[n_steps + i], s[f"clip1.step{i}.latents_after"], TOL_CLIP2)
     assert frames.shape[0] == meta["video_frames"]
-    torch.testing.assert_close(frames.mean(dim=(1, 2)), s["video_frame_means"], atol=1e-4, rtol=0)
+    if clips == 2:
+        torch.testing.assert_close(frames.mean(dim=(1, 2)), s["video_frame_means"], atol=1e-4, rtol=0)
+
+
+def test_every_clip_from_the_originals_previous_clip(pipe, model, h2, meta, inputs):
+    """Each clip on its own, from the original's numbers (no error carried from clip to clip): the motion latents
+    from the previous clip's final latents (decoded by our codec, the last two frames, the set's mask, encoded), then
+    the clip's DDIM loop from its initial noise with the original's motion latents."""
+    s = load_file(h2 / "sampling.safetensors")
+    n, n_steps = meta["n_motion_frames"], meta["sampling_steps"]
+    passes = guidance_passes(meta["cfg_scale"], meta["cfg_scale"])
+    ref = _reference(inputs, s["clip0.ref_image_latents"][:1])
+    with torch.no_grad():
+        for k in range(meta["clips"]):
+            lat = s[f"clip{k}.ref_image_latents"]
+            if k:
+                prev = s[f"clip{k - 1}.step{n_steps - 1}.latents_after"]
+                _, tail = pipe.vae.decode(prev[0].transpose(0, 1), keep_last=n)
+                _close(pipe.vae.encode(tail * _keep(s, inputs, k)), lat[1:])
+            cache = pipe.conditions(ref, passes)
+            motion = MotionFrames(model, cache, pipe.vae, n, lat[1:]).features()
+            cond = cache.clip(s[f"clip{k}.audio_tokens"][0], n, motion, meta["motion_scale"])
+            ddim = GuidedDDIM(model, passes, n_steps)
+            seen = []
+            ddim.denoise(s[f"clip{k}.init_latents"], cond, lambda i, x: seen.append(x.clone()))
+            for i in range(n_steps):
+                _close(seen[i], s[f"clip{k}.step{i}.latents_after"])
 
 
 def test_without_the_drop_the_first_clip_differs(pipe, h2, meta, inputs):
     """The mask matters in this set (so the tests above can fail): with motion_drop 0 (Hallo's sampling) the first
     clip's motion latents are the reference latent and its result is far from Hallo2's."""
     s, _, encoded, steps, _ = _run(pipe, h2, meta, inputs, drop=0.0, clips=1)
-    assert len(encoded) == 1  # only the reference: the motion frames were not masked and encoded again
+    # the first clip's motion latents were the reference latent itself (nothing masked and encoded at its start);
+    # the one encode is the first clip's tail, for the next clip
+    assert len(encoded) == 1 and encoded[0][0].shape[0] == meta["n_motion_frames"]
     last = steps[meta["sampling_steps"] - 1]
     assert (last - s[f"clip0.step{meta['sampling_steps'] - 1}.latents_after"]).abs().max() > 1e-2
 
