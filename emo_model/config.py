@@ -36,7 +36,8 @@ class SamplingSettings:
 
 @dataclass
 class EMOConfig:
-    kind: str = "native"                    # "native" (EMO), "hallo", "hallo2", "echomimic", "echomimic_v2": how it was made
+    # How it was made: "native" (EMO), "hallo", "hallo2", "echomimic", "echomimic_v2".
+    kind: str = "native"
     resolution: int = 512                   # pixel side of the square face crop
     unet: dict = field(default_factory=lambda: dict(SD15_UNET))
     # What the cross-attention slot (attn2) of the UNets receives: "identity" tokens (Hallo, native),

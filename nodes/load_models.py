@@ -72,8 +72,9 @@ class EMOLoadModels(io.ComfyNode):
             node_id="EMOLoadModels",
             display_name="Load EMO Models",
             category=CATEGORY,
-            description="Loads an EMO talking-head checkpoint (native EMO, Hallo, Hallo2, EchoMimic v1 or EchoMimic v2, "
-                        "recognised automatically) from ComfyUI/models/emo/. The weights stay on the offload device until a "
+            description="Loads an EMO talking-head checkpoint (native EMO, Hallo, Hallo2, EchoMimic v1 or "
+                        "EchoMimic v2, recognised automatically) from ComfyUI/models/emo/. The weights stay on the "
+                        "offload device until a "
                         "node needs them; ComfyUI's model management moves them.",
             inputs=[
                 io.Combo.Input("checkpoint", options=list_checkpoints(),

@@ -232,7 +232,7 @@ class Wav2VecAudioEncoder(nn.Module):
                                 f"{1000 * self.min_samples / SAMPLE_RATE:.0f} ms: use longer pieces")
         bounds = [(a, min(a + step, wave.shape[0])) for a in range(0, wave.shape[0], step)]
         pad = int(pad_multiple)
-        counts = [count_frames(b - a, SAMPLE_RATE, fps_q) for a, b in bounds]
+        counts = [math.ceil(Fraction(b - a, SAMPLE_RATE) * fps_q) for a, b in bounds]  # a piece may be < 1 frame
         last_pad = 0
         if pad > 1 and counts[-1] % pad:
             last_pad = pad - sum(counts) % pad

@@ -128,9 +128,9 @@ def find_vae(path) -> Path | None:
 
 def load_model(path, device="cpu", dtype=torch.float32, vae_path=None, audio_encoder_path=None,
                accelerated: bool | None = None, pose: bool | None = None) -> EMOModel:
-    """Load any supported checkpoint. `path`: native folder, Hallo / Hallo2 net.pth or its folder, EchoMimic folder (or one
-    of its .pth files; an `_acc` file picks the accelerated set), or "tiny-random" (a tiny random model for trying
-    things out: its output is noise). vae_path: a VAE folder/file, None to find the checkpoint's own, or False to
+    """Load any supported checkpoint. `path`: native folder, Hallo / Hallo2 net.pth or its folder, EchoMimic folder
+    (or one of its .pth files; an `_acc` file picks the accelerated set), or "tiny-random" (a tiny random model for
+    trying things out: its output is noise). vae_path: a VAE folder/file, None to find the checkpoint's own, or False to
     load none (model.vae stays None: for latent-only use such as tests; attach a VAE before encoding or decoding).
     accelerated (EchoMimic): True/False picks the `_acc`/standard set, None the standard one when present (a picked
     `_acc` file picks the accelerated set). pose (EchoMimic): True/False picks the landmark-driven `_pose` / the

@@ -305,3 +305,38 @@ def test_long_track_in_60_s_pieces(pipe, h2, meta, name):
     whole = pipe.model.audio_encoder.encode(wave, 25, pad_multiple=t["clip_length"], chunk_seconds=1e6)
     near = (rows >= 1495) & (rows < min(1505, whole.shape[0]))
     assert (whole[rows[near]] - a[f"{name}.audio_emb_rows"][near]).abs().max() > 1e-3
+
+
+def test_where_a_net_pth_sits_says_which_model_it_is(h2, meta, tmp_path, caplog):
+    """Hallo2's net.pth has Hallo's tensors: a folder holding hallo2/ and hallo/ loads Hallo2 (said in the log; the
+    file itself picks Hallo), a file named for hallo2 is Hallo2, a plain net.pth elsewhere is Hallo."""
+    import logging
+    pm = hallo2_folder(h2, meta, tmp_path / "pm")
+    (pm / "hallo").mkdir()
+    os.symlink(_source(h2, meta, "net.pth"), pm / "hallo" / "net.pth")
+    with caplog.at_level(logging.INFO, logger="emo_model.formats.load"):
+        assert detect_format(pm) == "hallo2"
+    assert "pick hallo/net.pth itself" in caplog.text
+    assert detect_format(pm / "hallo" / "net.pth") == "hallo"
+    os.symlink(_source(h2, meta, "net.pth"), tmp_path / "hallo2_net.pth")
+    os.symlink(_source(h2, meta, "net.pth"), tmp_path / "net.pth")
+    assert detect_format(tmp_path / "hallo2_net.pth") == "hallo2"
+    assert detect_format(tmp_path / "net.pth") == "hallo"
+
+
+def test_motion_drop_out_of_range_is_refused(pipe, h2, meta, inputs):
+    from emo_model import EMOInputError
+    s = load_file(h2 / "sampling.safetensors")
+    audio = pipe.encode_audio(_short_track(h2, meta, s), 16000, 25)
+    with pytest.raises(EMOInputError, match="motion_drop"):
+        pipe.sample(audio, _reference(inputs, s["clip0.ref_image_latents"][:1]), motion_drop=1.0)
+
+
+def test_audio_pieces_of_a_track_within_one_piece_are_one_pass(model):
+    """Up to one piece (60 s) Hallo2's audio is Hallo's single pass, exactly; a last piece too short for wav2vec2
+    is encoded with the piece before it."""
+    enc = model.audio_encoder
+    wave = long_track(20000, 3)
+    torch.testing.assert_close(enc.encode_pieces(wave, 25, 16), enc.encode(wave, 25, pad_multiple=16), atol=0, rtol=0)
+    joined = enc.encode_pieces(long_track(16100, 3), 25, 1, piece_seconds=1.0)  # a 100-sample last piece
+    assert joined.shape[0] == 26 and torch.isfinite(joined).all()

@@ -40,13 +40,16 @@ def comfy(tmp_path_factory):
 def tiny_models(comfy, fixtures):
     """A tiny random checkpoint (emo_model.make_tiny) under each checkpoint name the workflows use; the EchoMimic v2
     template's ("echomimic-v2") is the v2 parity set (tests/fixtures/echomimic-v2-tiny) with a tiny VAE, saved in the
-    native format at 128 px (its own 768 would be slow on a CPU)."""
+    native format at 128 px (its own 768 would be slow on a CPU); the Hallo2 template's ("hallo2") is the Hallo2
+    parity set in Hallo2's pretrained_models layout, likewise."""
     pack = sys.modules[harness.PACK_MODULE]
     for name in comfy.names:
         folder = Path(comfy.fp.models_dir) / "emo" / name
         shutil.rmtree(folder)
         if name == "echomimic-v2":
             _tiny_echomimic_v2(pack.emo_model, fixtures, folder)
+        elif name == "hallo2":
+            _tiny_hallo2(pack.emo_model, fixtures, folder)
         else:
             pack.emo_model.make_tiny(folder)
     return comfy
@@ -64,6 +67,25 @@ def _tiny_echomimic_v2(emo, fixtures, folder):
     model = emo.load_model(src)
     assert model.config.kind == "echomimic_v2"
     model.config.resolution = 128
+    emo.save_native(model, folder)
+
+
+def _tiny_hallo2(emo, fixtures, folder):
+    """hallo2-tiny (its net.pth etc. from the set it borrows from) as pretrained_models/, loaded as Hallo2 (kind,
+    motion-frame pixel drop 0.25, 60 s audio pieces), saved native at 128 px with clips of 4 frames, so that the
+    template's 0.3 s make two clips (the second one's motion frames masked)."""
+    h2 = fixtures / "hallo2-tiny"
+    base = fixtures / json.loads((h2 / "fixture_meta.json").read_text()).get("weights_from", "hallo2-tiny")
+    src = folder.parent / f"{folder.name}-src"
+    for rel in ("stable-diffusion-v1-5/unet/config.json", "wav2vec/wav2vec2-base-960h", "sd-vae-ft-mse", "net.pth"):
+        own = h2 / rel
+        origin = own if own.exists() else base / rel
+        target = src / ("hallo2/net.pth" if rel == "net.pth" else rel)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        (shutil.copytree if origin.is_dir() else shutil.copyfile)(origin, target)
+    model = emo.load_model(src)
+    assert model.config.kind == "hallo2" and model.config.motion_drop == 0.25
+    model.config.resolution, model.config.frames_per_clip = 128, 4
     emo.save_native(model, folder)
 
 
