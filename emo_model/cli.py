@@ -144,7 +144,8 @@ def cmd_render(a) -> int:
                    motion_frames=a.motion_frames, framing=a.framing, detector=a.detector,
                    detector_file=a.detector_file, face_index=a.face_index, margin=a.margin,
                    whole_image=_whole_image(a), identity=a.identity, pose=a.pose,
-                   region_weights=(a.pose_weight, a.face_weight, a.lip_weight), progress=progress,
+                   region_weights=(a.pose_weight, a.face_weight, a.lip_weight), motion_drop=a.motion_drop,
+                   progress=progress,
                    overwrite=a.overwrite)
     finally:
         if bar is not None:
@@ -197,6 +198,9 @@ def main(argv=None) -> int:
                        help=f"Hallo: weight of the audio in the {what} region (Hallo's {region}_weight)")
     r.add_argument("--frames-per-clip", type=int)
     r.add_argument("--motion-frames", type=int)
+    r.add_argument("--motion-drop", type=float,
+                   help="fraction of the motion frames' pixels outside the face box greyed before each clip (default: "
+                        "the checkpoint's: Hallo2 0.25, others 0 = off)")
     r.add_argument("--framing", choices=["full", "crop"], default="full",
                    help="full: the video at the picture's own framing (face pasted back); crop: the square face crop")
     r.add_argument("--detector", default="auto", help="face detector: auto, lbp (built-in), yunet, scrfd")

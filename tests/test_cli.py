@@ -105,6 +105,13 @@ def test_overwrite_and_a_failure_before_the_first_clip(tmp_path, tiny_dir, speec
     assert leftovers(tmp_path) == []
 
 
+def test_motion_drop_reaches_the_sampler(tmp_path, tiny_dir, speech, capsys):
+    out = tmp_path / "o.mp4"
+    assert main(render_args(tiny_dir, speech, out, "--motion-drop", "1.5")) == 2  # refused by the sampler's check
+    assert "motion_drop" in capsys.readouterr().err
+    assert leftovers(tmp_path) == []
+
+
 @pytest.mark.parametrize("at_step", [1, 3])  # in the first clip; in the second, after the first clip was written
 def test_ctrl_c_keeps_the_users_file(tmp_path, tiny_dir, speech, capsys, monkeypatch, at_step):
     import tqdm

@@ -365,6 +365,18 @@ def test_sampler_region_weights_reach_the_backbone(comfy, loaded):
     assert seen and set(seen) == {(1.0, 1.0, 1.0)}
 
 
+def test_sampler_motion_drop_widget(comfy, loaded):
+    """motion_drop (optional: workflows saved without it get -1 = auto, the checkpoint's own: 0 for this native
+    model): a drop greys motion-frame pixels outside the face box, so the frames change; 0 is the same as auto here."""
+    common = dict(emo_model=loaded.bundle, encoded_audio=loaded.encoded, reference=loaded.ref, seed=0, steps=1,
+                  audio_cfg=1.0, reference_cfg=1.0, head_motion_speed=1.0, frames_per_clip=0, motion_frames=-1)
+    sampler = node(comfy, "EMOSampler")
+    auto = sampler.execute(**common).args[0]
+    assert torch.equal(sampler.execute(**common, motion_drop=0.0).args[0], auto)
+    dropped = sampler.execute(**common, motion_drop=0.5).args[0]
+    assert dropped.shape == auto.shape and (dropped - auto).abs().max() > 1e-3
+
+
 def test_load_models_picks_the_echomimic_set(comfy, fixtures):
     """A folder with EchoMimic's standard and accelerated files: the optional echomimic_set widget picks one (auto:
     the standard set); a set whose files are missing is named in the error."""
