@@ -94,7 +94,8 @@ def test_a_download_of_the_manifest_layout_loads_with_no_further_step(name, fixt
     folder = tmp_path / "emo" / name
     assert status(parse_manifest(json.loads(mf.read_text())), tmp_path / "emo")["state"] == "complete"
     model = load_model(folder, vae_path=None)
-    assert model.config.kind == {"hallo": "hallo", "hallo2": "hallo2", "echomimic-v2": "echomimic_v2"}.get(name, "echomimic")
+    kinds = {"hallo": "hallo", "hallo2": "hallo2", "echomimic-v2": "echomimic_v2"}
+    assert model.config.kind == kinds.get(name, "echomimic")
     if name == "hallo2":  # DEST/hallo2/hallo2/net.pth: Hallo2's layout, its sampling settings
         assert model.config.motion_drop == 0.25 and model.config.audio_encoder["piece_seconds"] == 60
     if name == "echomimic-v2":
