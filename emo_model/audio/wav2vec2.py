@@ -216,7 +216,8 @@ class Wav2VecAudioEncoder(nn.Module):
 
         The track is cut into pieces of `piece_seconds` (the last one shorter); each piece is normalised and encoded
         on its own (wav2vec2 context and normalisation restart at every border; no overlap), with its own frame count
-        F_i = ceil(samples_i / 16000 x fps), and the features are concatenated: F = sum F_i before padding. Only the
+        F_i = ceil(samples_i / 16000 x fps) (exact, as `frame_count`: Hallo2's float expression is one more for a few
+        exact multiples of 640 samples), and the features are concatenated: F = sum F_i before padding. Only the
         last piece is zero-padded, by (pad_multiple - F % pad_multiple) frames of floor(16000 / fps) samples, and only
         when its OWN F_i is not a multiple of pad_multiple (Hallo2's arithmetic, kept for parity): so a total already
         a multiple of pad_multiple gets pad_multiple frames more, and a last piece whose F_i is a multiple gets none
