@@ -8,6 +8,7 @@ the last n frames of the previous one; "context_windows" (EchoMimic: context_win
 once in overlapping, shifting windows. Both take their scheduler, noise and guided step from guidance.py and decode
 with vae.py.
 """
+import logging
 import math
 from typing import Callable, Iterator
 
@@ -24,6 +25,14 @@ from .motion_frames import sample_clips
 from .reference import EncodedReference, encode_reference
 from .settings import SampleSettings, check_audio, check_inputs
 from .vae import VAECodec
+
+log = logging.getLogger(__name__)
+
+# Tracks longer than this keep their encoded audio in half precision when the model runs in float32 (the CPU): the
+# features grow with the track (Hallo's wav2vec2: 12 x 768 values a frame, 55 MB a minute at 25 fps in float32), and
+# the tokens made from them clip by clip are cast back to the model's precision, so only the storage is halved.
+LONG_TRACK_SECONDS = 60.0
+_said_half = False
 
 
 class EMOPipeline:
@@ -69,7 +78,8 @@ class EMOPipeline:
             if self.offload_idle:
                 enc.to("cpu")
         padded = math.ceil(num_frames / f) * f if cfg.temporal_mode == "motion_frames" else num_frames
-        return EncodedAudio(features.to(self.dtype), num_frames, fps_q, waveform, sample_rate, max(padded, num_frames))
+        return EncodedAudio(_stored(features, self.dtype, waveform.shape[-1] / sample_rate), num_frames, fps_q,
+                            waveform, sample_rate, max(padded, num_frames))
 
     @torch.no_grad()
     def audio_tokens(self, audio: EncodedAudio, start: int = 0, end: int | None = None) -> torch.Tensor:
@@ -129,3 +139,17 @@ def memory_estimate(config, frames_per_clip: int | None = None) -> int:
     memory manager: ~1.5 GB for a 512² clip of 12 frames, scaling with pixels and frames."""
     f = frames_per_clip or config.frames_per_clip
     return int(1.5e9 * (config.resolution / 512) ** 2 * f / 12)
+
+
+def _stored(features: torch.Tensor, dtype: torch.dtype, seconds: float) -> torch.Tensor:
+    """The encoded audio as kept for the whole render: in the model's precision, or float16 for a float32 model on a
+    track longer than LONG_TRACK_SECONDS (said once through logging)."""
+    global _said_half
+    if dtype != torch.float32 or seconds <= LONG_TRACK_SECONDS:
+        return features.to(dtype)
+    if not _said_half:
+        _said_half = True
+        log.info("EMO: tracks over %g s keep their encoded audio in float16 (half the memory: %.0f MB instead of "
+                 "%.0f MB here); each clip's audio tokens are made from it in float32", LONG_TRACK_SECONDS,
+                 features.numel() * 2 / 1e6, features.numel() * 4 / 1e6)
+    return features.to(torch.float16)

@@ -163,3 +163,29 @@ def test_offload_idle_gives_the_same_video(tiny_dir, temporal_mode):
     if with_motion is not None:  # motion frames need ReferenceNet every clip: it stays on the device
         assert torch.equal(with_motion, _render(kept, audio, ref, motion_frames=2))
         assert next(model.reference_net.parameters()).device.type == device
+
+
+def test_a_long_track_keeps_its_encoded_audio_in_half_precision(two_models, monkeypatch, caplog):
+    """Past LONG_TRACK_SECONDS a float32 model keeps the encoded audio (it grows with the track) in float16: half the
+    bytes, the tokens of every clip still made in float32 and within float16 rounding of the float32 ones, and the
+    render the same video within the tiny model's tolerance. A short track is kept as it was made (bit for bit)."""
+    from emo_model.sampling import pipeline as pl
+    pipe = EMOPipeline(two_models[0])
+    voice = _voice(0.6)
+    short = pipe.encode_audio(voice, 16000, 25)
+    assert short.features.dtype == torch.float32
+    monkeypatch.setattr(pl, "LONG_TRACK_SECONDS", 0.5)  # 0.6 s counts as long here
+    monkeypatch.setattr(pl, "_said_half", False)
+    with caplog.at_level("INFO", logger=pl.__name__):
+        long = pipe.encode_audio(voice, 16000, 25)
+        pipe.encode_audio(voice, 16000, 25)
+    assert long.features.dtype == torch.float16 and long.features.shape == short.features.shape
+    assert long.features.nbytes * 2 == short.features.nbytes
+    assert sum("float16" in r.getMessage() for r in caplog.records) == 1  # said once
+    t_short, t_long = pipe.audio_tokens(short), pipe.audio_tokens(long)
+    assert t_long.dtype == torch.float32
+    scale = t_short.abs().max().item()
+    assert (t_long - t_short).abs().max().item() <= 2e-3 * scale  # float16 keeps ~3 significant digits
+    ref = _ref(pipe)
+    a, b = _render(pipe, short, ref), _render(pipe, long, ref)
+    assert a.shape == b.shape and (a - b).abs().max().item() < 2e-2
