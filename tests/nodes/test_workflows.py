@@ -1,5 +1,6 @@
 """The shipped workflows: every API workflow runs end to end with a tiny model along ComfyUI's execute path
 (tests/comfy_stubs stands in for ComfyUI), and each UI workflow describes the same graph as its API twin."""
+import importlib
 import json
 import math
 import shutil
@@ -123,13 +124,28 @@ def test_api_workflow_uses_only_core_and_emo_nodes_and_existing_inputs(comfy, pa
     assert harness.validate_prompt(prompt, comfy.classes) == {}
 
 
+def run_queued(prompt, classes, extra, monkeypatch):
+    """Run `prompt` as ComfyUI's queue would: once, then again for each run the pack queued itself (EMO Frame
+    Batches: EMO Video Combine queues the same prompt for the next batch; the stand-in queue takes the place of the
+    server's /prompt, which tests/nodes/test_streaming.py checks). Returns each run's results."""
+    vc = importlib.import_module(f"{harness.PACK_MODULE}.nodes.video_combine")
+    queued = [(prompt, extra)]
+    monkeypatch.setattr(vc, "requeue", lambda p, pnginfo: queued.append((p, {"extra_pnginfo": pnginfo})))
+    runs = []
+    while queued:
+        p, e = queued.pop(0)
+        assert len(runs) < 100, "the workflow keeps queueing itself"
+        runs.append(harness.run_prompt(p, classes, e))
+    return runs
+
+
 @pytest.mark.parametrize("path", API, ids=lambda p: p.stem)
-def test_api_workflow_renders_an_mp4_with_sound(tiny_models, path):
+def test_api_workflow_renders_an_mp4_with_sound(tiny_models, path, monkeypatch):
     comfy = tiny_models
     from emo_model.media.video import probe
     prompt = fast(load(path))
     workflow = load(WORKFLOWS / path.name)
-    results = harness.run_prompt(prompt, comfy.classes, {"extra_pnginfo": {"workflow": workflow}})
+    results = run_queued(prompt, comfy.classes, {"extra_pnginfo": {"workflow": workflow}}, monkeypatch)[-1]
     combine = next(nid for nid, n in prompt.items() if n["class_type"] == "EMOVideoCombine")
     saved = results[combine]["ui"]["images"]
     assert len(saved) == 1 and saved[0]["type"] == "output"
@@ -144,16 +160,54 @@ def test_api_workflow_renders_an_mp4_with_sound(tiny_models, path):
     assert info["audio_codec"] == "aac" and abs(info["audio_duration"] - frames / float(fps)) < 0.05
     assert json.loads(info["metadata"]["prompt"]) == prompt
     assert json.loads(info["metadata"]["workflow"]) == workflow
-    # paste-back: the video has the size of the reference picture (rounded up to even), not the model's crop; a
-    # whole-frame model (EchoMimic v2, no Paste Back) gives the picture at the model's size
+    # paste-back: the video has the size of the reference picture (rounded up to even; times an upscale after it),
+    # not the model's crop; a whole-frame model (EchoMimic v2, no Paste Back) gives the picture at the model's size
     ref_node = next(nid for nid, n in prompt.items() if n["class_type"] == "EMOReferenceEncode")
     src = prompt[ref_node]["inputs"]["image"][0]
     picture = results[src]["outputs"][0]
+    scale = math.prod(n["inputs"]["scale_by"] for n in prompt.values() if n["class_type"] == "ImageScaleBy")
     if any(n["class_type"] == "EMOPasteBack" for n in prompt.values()):
-        assert (info["height"], info["width"]) == tuple(s + s % 2 for s in picture.shape[1:3])
+        size = (round(s * scale) for s in picture.shape[1:3])
+        assert (info["height"], info["width"]) == tuple(s + s % 2 for s in size)
     else:
         crop = results[ref_node]["outputs"][2]
         assert (info["height"], info["width"]) == tuple(crop.shape[1:3])
+
+
+def test_long_track_upscale_takes_every_batch_through_the_upscaler(tiny_models, monkeypatch):
+    """emo_long_track_upscale: Sampler -> Paste Back (VIDEO) -> EMO Frame Batches -> core ImageScaleBy -> EMO Video
+    Combine (batch). Each queued run takes one batch through the upscaler and queues the next; the mp4 appears once,
+    after the last batch, with every frame at twice the picture's size and the whole audio; nothing is left in temp/
+    but the sampler's and Paste Back's finished VIDEOs (ComfyUI's cache may reuse them; it empties temp/ at start)."""
+    comfy = tiny_models
+    from emo_model.media.video import probe
+    prompt = fast(load(WORKFLOWS / "api" / "emo_long_track_upscale.json"))
+    batches = next(n for n in prompt.values() if n["class_type"] == "EMOFrameBatches")["inputs"]
+    batches["frames_per_batch"] = 3
+    prompt["10"]["inputs"]["filename_prefix"] = "emo/batched_upscale"
+    temp = Path(comfy.fp.get_temp_directory()) / "emo"
+    before = set(temp.glob("*")) if temp.is_dir() else set()
+    out = Path(comfy.fp.get_output_directory())
+    runs = run_queued(prompt, comfy.classes, {"extra_pnginfo": {"workflow": {"nodes": []}}}, monkeypatch)
+    frames = runs[0]["4"]["outputs"][1]
+    assert frames == 8 and len(runs) == math.ceil(frames / 3) == 3     # 0.3 s at 25 fps, 3 frames a run
+    picture = runs[0]["1"]["outputs"][0]
+    for i, run in enumerate(runs):
+        info = run["8"]["outputs"][1]
+        assert (info.index, info.count, info.first_frame) == (i, 3, 3 * i)
+        assert run["8"]["outputs"][0].shape[0] == min(3, frames - 3 * i)   # one batch in memory, not the track
+        assert tuple(run["9"]["outputs"][0].shape[1:3]) == tuple(2 * s for s in picture.shape[1:3])
+        assert (run["10"]["outputs"][0] is None) == (i < 2)               # no mp4 before the last batch
+    saved = runs[-1]["10"]["ui"]["images"]
+    assert len(saved) == 1 and saved[0]["filename"].startswith("batched_upscale")
+    mp4 = out / saved[0]["subfolder"] / saved[0]["filename"]
+    info = probe(mp4)
+    assert info["frames"] == frames and (info["height"], info["width"]) == tuple(2 * s for s in picture.shape[1:3])
+    assert info["audio_codec"] == "aac" and abs(info["audio_duration"] - frames / 25) < 0.05
+    assert [p.name for p in mp4.parent.glob("*batched_upscale*")] == [mp4.name]   # no .part, no second file
+    left = {p for p in temp.glob("*")} - before
+    assert {p.name.split("_")[0] for p in left} <= {"sampler", "paste"}                # no batches intermediate
+    assert not [p for p in temp.glob(".*")]                                           # no partial file
 
 
 def ui_to_api(ui: dict, classes: dict) -> dict:
