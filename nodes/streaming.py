@@ -6,12 +6,17 @@ fit in RAM. On the streamed path the sampler writes each clip, as it is made, in
 and Video Combine read such a VIDEO batch by batch and write the next file the same way. Memory holds one batch.
 
 Temp files: a failed or cancelled node removes its partial file at once; finished intermediates stay while ComfyUI's
-cache may hand them to a later run, and ComfyUI empties its temp folder at every start.
+cache may hand them to a later run, and ComfyUI empties its temp folder at every start. A video being written is a
+hidden `.NAME.xxxxxxxx.part` file beside its final name (`media.video.VideoWriter`), renamed only when complete; one
+left by a process that was killed outright (no chance to clean up) is removed from output/ when the pack next loads
+(`remove_stale_parts`).
 """
 from __future__ import annotations
 
 import logging
 import os
+import re
+import time
 import uuid
 from fractions import Fraction
 
@@ -119,3 +124,31 @@ def output_linked(prompt: dict | None, unique_id, index: int) -> bool:
 def placeholder_image() -> torch.Tensor:
     """What an IMAGE output that nothing reads returns: one black pixel (the frames went to the VIDEO output)."""
     return torch.zeros(1, 1, 1, 3)
+
+
+# what VideoWriter._reserve_temp names a video while it is written: ".NAME.EXT.<8 hex>.part"
+_PART = re.compile(r"^\..+\.(mp4|m4v|mov|mkv)\.[0-9a-f]{8}\.part$")
+STALE_SECONDS = 600  # a .part untouched this long is no render's (a render appends to it every few seconds)
+
+
+def remove_stale_parts(folder: str | None = None, older_than: float = STALE_SECONDS) -> list[str]:
+    """Delete the pack's partial videos that a killed process left in `folder` (default: ComfyUI's output folder) and
+    its subfolders: only hidden files named as VideoWriter names them and not written to for `older_than` seconds
+    (another ComfyUI sharing the folder may be writing one now). Returns the paths removed; errors are logged."""
+    folder = folder or folder_paths.get_output_directory()
+    removed, now = [], time.time()
+    for root, _, files in os.walk(folder):
+        for name in files:
+            if not _PART.match(name):
+                continue
+            path = os.path.join(root, name)
+            try:
+                if now - os.stat(path).st_mtime > older_than:
+                    os.remove(path)
+                    removed.append(path)
+            except OSError as e:
+                log.warning("EMO: could not remove the partial video %s left by an earlier run: %s", path, e)
+    if removed:
+        log.info("EMO: removed %d partial video(s) left in %s by a run that was killed: %s", len(removed), folder,
+                 ", ".join(os.path.relpath(p, folder) for p in removed))
+    return removed

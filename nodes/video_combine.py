@@ -123,15 +123,17 @@ class EMOVideoCombine(io.ComfyNode):
         # free one. A failure or Cancel while writing leaves nothing in output/.
         total = frames.shape[0] if frames is not None else getattr(video, "frame_count", 0)
         bar = comfy.utils.ProgressBar(max(total, 1))  # the server shows it on the node that is running
-        with VideoWriter(os.path.join(folder, file), rate, audio=wave, sample_rate=sample_rate, crf=crf,
-                         metadata=metadata) as writer:
-            for batch in batches:
-                writer.write(batch)
-                bar.update_absolute(min(writer.frames_written, max(total, 1)))
-                model_management.throw_exception_if_processing_interrupted()
+        try:
+            with VideoWriter(os.path.join(folder, file), rate, audio=wave, sample_rate=sample_rate, crf=crf,
+                             metadata=metadata) as writer:
+                for batch in batches:
+                    writer.write(batch)
+                    bar.update_absolute(min(writer.frames_written, max(total, 1)))
+                    model_management.throw_exception_if_processing_interrupted()
+        finally:
+            if intermediate is not None:  # in the mp4 now; or, after a failure, of no more use (the pass restarts)
+                os.remove(intermediate.path)
         file = os.path.basename(writer.path)
-        if intermediate is not None:  # the batches' intermediate is in the mp4 now
-            os.remove(intermediate.path)
         saved = ui.PreviewVideo([ui.SavedResult(file, subfolder, io.FolderType.output)])
         if frames is None:  # the streamed path: the VIDEO is the saved file, decoded only when a node asks
             return io.NodeOutput(StreamedVideo(writer.path, rate, writer.frames_written, (width, height)), ui=saved)

@@ -234,3 +234,91 @@ def test_requeue_posts_the_prompt_without_comfyuis_fingerprints(comfy, monkeypat
     assert body["prompt"] == {"7": {"class_type": "EMOFrameBatches", "inputs": {"frames_per_batch": 4}}}
     assert body["extra_data"] == {"extra_pnginfo": {"workflow": {"nodes": []}}}
     assert prompt["7"]["is_changed"] == [3]  # the running prompt itself is left as it was
+
+
+def cancel_in(module_file: str):
+    """ComfyUI's Cancel arriving while a node of `module_file` (e.g. video_combine.py) runs: its next check of
+    `throw_exception_if_processing_interrupted` raises, as after a click on Cancel."""
+    import inspect
+    mm = importlib.import_module("comfy.model_management")
+    real = mm.throw_exception_if_processing_interrupted
+    hits = []
+
+    def check():
+        if any(f.filename.endswith(module_file) for f in inspect.stack()[1:4]):
+            hits.append(1)
+            raise mm.InterruptProcessingException()
+        return real()
+    return mm, real, check, hits
+
+
+def output_files(comfy, pattern):
+    return sorted(p.name for p in Path(comfy.fp.get_output_directory()).rglob(pattern))
+
+
+def test_cancel_while_the_mp4_is_written_leaves_no_half_mp4(comfy):
+    """Cancel during EMO Video Combine (streamed VIDEO in): no mp4 under any name, no hidden .part in output/, and
+    temp/ holds only the sampler's finished VIDEO (reusable from ComfyUI's cache; temp/ is emptied at start)."""
+    streamed = graph("video", {"8": {"class_type": "EMOVideoCombine", "inputs": {
+        "video": ["6", 2], "fps": ["6", 1], "filename_prefix": "emo/cancel_write", "crf": 18}}})
+    before = temp_files(comfy)
+    mm, real, check, hits = cancel_in("video_combine.py")
+    mm.throw_exception_if_processing_interrupted = check
+    try:
+        with pytest.raises(mm.InterruptProcessingException):
+            harness.run_prompt(streamed, comfy.classes)
+    finally:
+        mm.throw_exception_if_processing_interrupted = real
+    assert hits and output_files(comfy, "*cancel_write*") == []
+    left = set(temp_files(comfy)) - set(before)
+    assert len(left) == 1 and next(iter(left)).name.startswith("sampler_")
+
+
+def test_cancel_while_the_last_batch_is_written_leaves_nothing_and_the_next_queue_starts_over(comfy, monkeypatch):
+    """EMO Frame Batches: Cancel while the last batch's mp4 is written leaves no mp4, no .part and no batches
+    intermediate; queueing the workflow again makes a whole new pass with every frame."""
+    from emo_model.media.video import probe
+    prompt = batches_graph()
+    prompt["9"]["inputs"]["filename_prefix"] = "emo/cancel_batches"
+    before = temp_files(comfy)
+    mm, real, check, hits = cancel_in("video_combine.py")
+    vc = importlib.import_module(f"{harness.PACK_MODULE}.nodes.video_combine")
+    real_append = vc._append_batch
+
+    def append_then_cancel_on_the_last(frames, fps, info):  # the real append; Cancel arrives in the final write
+        video = real_append(frames, fps, info)
+        if video is not None:
+            mm.throw_exception_if_processing_interrupted = check
+        return video
+    monkeypatch.setattr(vc, "_append_batch", append_then_cancel_on_the_last)
+    try:
+        with pytest.raises(mm.InterruptProcessingException):
+            run_batches(comfy, prompt, monkeypatch)
+    finally:
+        mm.throw_exception_if_processing_interrupted = real
+    assert hits and output_files(comfy, "*cancel_batches*") == []
+    assert not [p for p in set(temp_files(comfy)) - set(before) if not p.name.startswith("sampler_")]
+    monkeypatch.setattr(vc, "_append_batch", real_append)
+    results, runs, fb = run_batches(comfy, prompt, monkeypatch)
+    assert runs == 3 and [r["7"]["outputs"][1].index for r in results] == [0, 1, 2] and not fb._STATE
+    assert probe(saved_mp4(comfy, results[-1]["9"]))["frames"] == math.ceil(SECONDS * FPS)
+
+
+def test_partial_videos_of_a_killed_server_are_removed_when_the_pack_loads(comfy):
+    """A server killed outright (no chance to clean up) leaves a hidden `.NAME.mp4.xxxxxxxx.part` in output/: the pack
+    removes it at the next start, when it is older than STALE_SECONDS. A fresh one (another server may be writing it)
+    and files that are not the pack's are kept."""
+    import os
+    import time
+    streaming = importlib.import_module(f"{harness.PACK_MODULE}.nodes.streaming")
+    out = Path(comfy.fp.get_output_directory()) / "emo" / "killed"
+    out.mkdir(parents=True, exist_ok=True)
+    stale, fresh = out / ".take_00001_.mp4.0a1b2c3d.part", out / ".take_00002_.mp4.4e5f6a7b.part"
+    mine = [out / "take_00001_.mp4", out / ".notes.part", out / ".take.mp4.part", out / ".take.wav.0a1b2c3d.part"]
+    for p in [stale, fresh, *mine]:
+        p.write_bytes(b"x")
+    old = time.time() - streaming.STALE_SECONDS - 60
+    for p in [stale, *mine]:
+        os.utime(p, (old, old))
+    harness.load_pack()  # what ComfyUI does at start
+    assert not stale.exists() and fresh.exists() and all(p.exists() for p in mine)
