@@ -1,7 +1,10 @@
 """Long tracks in ComfyUI: the streamed VIDEO path (sampler -> paste back -> video combine through files) and EMO
 Frame Batches (a long VIDEO through IMAGE nodes a batch at a time), run along ComfyUI's execute path with a tiny
 model (tests/comfy_stubs stands in for ComfyUI)."""
+import contextlib
 import importlib
+import inspect
+import itertools
 import math
 import sys
 from pathlib import Path
@@ -106,25 +109,40 @@ def test_streamed_path_equals_the_image_path_and_keeps_no_image_batch(comfy):
     assert b["8"]["outputs"][0].frame_count == n
 
 
-def test_cancel_mid_sampling_leaves_no_temp_file(comfy):
+@contextlib.contextmanager
+def cancel_when(decide):
+    """ComfyUI's Cancel as the nodes see it: `throw_exception_if_processing_interrupted` raises (as after a click on
+    Cancel) at the first check for which decide() is true. Yields the list of checks that raised."""
     mm = importlib.import_module("comfy.model_management")
+    real = mm.throw_exception_if_processing_interrupted
+    hits = []
+
+    def check():
+        if decide():
+            hits.append(1)
+            raise mm.InterruptProcessingException()
+        return real()
+    mm.throw_exception_if_processing_interrupted = check
+    try:
+        with pytest.raises(mm.InterruptProcessingException):
+            yield hits
+    finally:
+        mm.throw_exception_if_processing_interrupted = real
+
+
+def running(module_file: str):
+    """decide() for cancel_when: true while a node of `module_file` (e.g. video_combine.py) makes the check."""
+    return lambda: any(f.filename.endswith(module_file) for f in inspect.stack()[2:5])
+
+
+def test_cancel_mid_sampling_leaves_no_temp_file(comfy):
     streamed = graph("video", {"8": {"class_type": "EMOVideoCombine", "inputs": {
         "video": ["6", 2], "fps": ["6", 1], "filename_prefix": "emo/cancel", "crf": 18}}})
     before = temp_files(comfy)
-    calls = {"n": 0}
-    real = mm.throw_exception_if_processing_interrupted
-
-    def interrupt_on_third_step():
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise mm.InterruptProcessingException()
-    mm.throw_exception_if_processing_interrupted = interrupt_on_third_step
-    try:
-        with pytest.raises(mm.InterruptProcessingException):
-            harness.run_prompt(streamed, comfy.classes)
-    finally:
-        mm.throw_exception_if_processing_interrupted = real
-    assert calls["n"] == 3 and temp_files(comfy) == before
+    calls = itertools.count(1)
+    with cancel_when(lambda: next(calls) == 3) as hits:  # the sampler's third step
+        harness.run_prompt(streamed, comfy.classes)
+    assert hits == [1] and next(calls) == 4 and temp_files(comfy) == before
     assert not list(Path(comfy.fp.get_output_directory()).rglob("cancel*"))
 
 
@@ -236,22 +254,6 @@ def test_requeue_posts_the_prompt_without_comfyuis_fingerprints(comfy, monkeypat
     assert prompt["7"]["is_changed"] == [3]  # the running prompt itself is left as it was
 
 
-def cancel_in(module_file: str):
-    """ComfyUI's Cancel arriving while a node of `module_file` (e.g. video_combine.py) runs: its next check of
-    `throw_exception_if_processing_interrupted` raises, as after a click on Cancel."""
-    import inspect
-    mm = importlib.import_module("comfy.model_management")
-    real = mm.throw_exception_if_processing_interrupted
-    hits = []
-
-    def check():
-        if any(f.filename.endswith(module_file) for f in inspect.stack()[1:4]):
-            hits.append(1)
-            raise mm.InterruptProcessingException()
-        return real()
-    return mm, real, check, hits
-
-
 def output_files(comfy, pattern):
     return sorted(p.name for p in Path(comfy.fp.get_output_directory()).rglob(pattern))
 
@@ -262,13 +264,8 @@ def test_cancel_while_the_mp4_is_written_leaves_no_half_mp4(comfy):
     streamed = graph("video", {"8": {"class_type": "EMOVideoCombine", "inputs": {
         "video": ["6", 2], "fps": ["6", 1], "filename_prefix": "emo/cancel_write", "crf": 18}}})
     before = temp_files(comfy)
-    mm, real, check, hits = cancel_in("video_combine.py")
-    mm.throw_exception_if_processing_interrupted = check
-    try:
-        with pytest.raises(mm.InterruptProcessingException):
-            harness.run_prompt(streamed, comfy.classes)
-    finally:
-        mm.throw_exception_if_processing_interrupted = real
+    with cancel_when(running("video_combine.py")) as hits:
+        harness.run_prompt(streamed, comfy.classes)
     assert hits and output_files(comfy, "*cancel_write*") == []
     left = set(temp_files(comfy)) - set(before)
     assert len(left) == 1 and next(iter(left)).name.startswith("sampler_")
@@ -281,22 +278,18 @@ def test_cancel_while_the_last_batch_is_written_leaves_nothing_and_the_next_queu
     prompt = batches_graph()
     prompt["9"]["inputs"]["filename_prefix"] = "emo/cancel_batches"
     before = temp_files(comfy)
-    mm, real, check, hits = cancel_in("video_combine.py")
     vc = importlib.import_module(f"{harness.PACK_MODULE}.nodes.video_combine")
-    real_append = vc._append_batch
+    real_append, last = vc._append_batch, []
 
-    def append_then_cancel_on_the_last(frames, fps, info):  # the real append; Cancel arrives in the final write
+    def append(frames, fps, info):  # the real append, noting when the last batch is in
         video = real_append(frames, fps, info)
-        if video is not None:
-            mm.throw_exception_if_processing_interrupted = check
+        last.append(video is not None)
         return video
-    monkeypatch.setattr(vc, "_append_batch", append_then_cancel_on_the_last)
-    try:
-        with pytest.raises(mm.InterruptProcessingException):
-            run_batches(comfy, prompt, monkeypatch)
-    finally:
-        mm.throw_exception_if_processing_interrupted = real
-    assert hits and output_files(comfy, "*cancel_batches*") == []
+    monkeypatch.setattr(vc, "_append_batch", append)
+    in_combine = running("video_combine.py")
+    with cancel_when(lambda: any(last) and in_combine()) as hits:  # Cancel while the mp4 is written
+        run_batches(comfy, prompt, monkeypatch)
+    assert hits and last == [False, False, True] and output_files(comfy, "*cancel_batches*") == []
     assert not [p for p in set(temp_files(comfy)) - set(before) if not p.name.startswith("sampler_")]
     monkeypatch.setattr(vc, "_append_batch", real_append)
     results, runs, fb = run_batches(comfy, prompt, monkeypatch)
