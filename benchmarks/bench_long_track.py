@@ -2,15 +2,17 @@
 
     # ComfyUI: a running server whose custom_nodes holds this pack and whose models/emo/ holds CHECKPOINT
     python benchmarks/bench_long_track.py comfyui --comfy-dir /path/to/ComfyUI --pid SERVER_PID \
-        --seconds 30 600 --picture 1920x1080 --fps 25 [--checkpoint tiny]
+        --seconds 30 600 --picture 1920x1080 --fps 25 [--checkpoint tiny] [--workflow emo_long_track_upscale]
     # the CLI (render with paste-back at the picture's full size)
     python benchmarks/bench_long_track.py cli --seconds 30 600 --picture 1920x1080 --fps 25 [--model tiny-random]
 
 For each length it writes a portrait of the given size (the example face in a larger canvas) and a track of that
 length (the example speech repeated) into ComfyUI's input folder (or a temp folder for the CLI), renders it through
-the streamed path (`workflows/api/emo_long_track.json`: Sampler -> Paste Back -> Video Combine by VIDEO) and prints the
-peak resident memory during the render: for ComfyUI sampled from /proc/PID/status every 0.1 s, for the CLI the
-child's maximum RSS (getrusage). The frames of the mp4 are counted to check that every frame is there.
+the streamed path (`example_workflows/api/emo_long_track.json`: Sampler -> Paste Back -> Video Combine by VIDEO; or
+`--workflow emo_long_track_upscale`: the same through EMO Frame Batches and an upscaler, one queued run per batch, all
+of them measured) and prints the peak resident memory during the render: for ComfyUI sampled from /proc/PID/status
+every 0.1 s, for the CLI the child's maximum RSS (getrusage). The frames of the mp4 are counted to check that every
+frame is there.
 """
 from __future__ import annotations
 
@@ -105,7 +107,7 @@ def run_comfyui(args, seconds):
     comfy = Path(args.comfy_dir)
     stem = f"bench_{int(seconds)}s"
     picture, audio = make_inputs(comfy / "input", seconds, args.picture, stem)
-    prompt = json.loads((ROOT / "example_workflows" / "api" / "emo_long_track.json").read_text())
+    prompt = json.loads((ROOT / "example_workflows" / "api" / f"{args.workflow}.json").read_text())
     for node in prompt.values():
         inputs, kind = node["inputs"], node["class_type"]
         if kind == "LoadImage":
@@ -128,17 +130,40 @@ def run_comfyui(args, seconds):
     pid = answer["prompt_id"]
     while True:
         history = json.loads(urllib.request.urlopen(f"{args.server}/history/{pid}").read())
-        if pid in history and history[pid].get("status", {}).get("completed") is not None:
-            break
         if pid in history and history[pid].get("status", {}).get("status_str") == "error":
             raise RuntimeError(json.dumps(history[pid]["status"])[:2000])
+        if pid in history and history[pid].get("status", {}).get("completed") is not None:
+            break
         time.sleep(1)
+    runs = 1
+    if any(n["class_type"] == "EMOFrameBatches" for n in prompt.values()):
+        pid, runs = wait_for_requeued_runs(args.server, pid)
+        history = json.loads(urllib.request.urlopen(f"{args.server}/history/{pid}").read())
     wall = time.time() - t0
     peak = stop()
+    if runs > 1:
+        print(f"  {runs} queued runs (EMO Frame Batches)")
     outputs = history[pid]["outputs"]
     saved = next(v["images"][0] for v in outputs.values() if "images" in v)
     mp4 = comfy / "output" / saved["subfolder"] / saved["filename"]
     return peak, wall, mp4
+
+
+def wait_for_requeued_runs(server: str, first: str) -> tuple[str, int]:
+    """EMO Frame Batches queues the workflow again for each batch: wait until the queue stays empty, then return the
+    last run's prompt id and the number of runs (each must have succeeded)."""
+    empty = 0
+    while empty < 3:
+        queue = json.loads(urllib.request.urlopen(f"{server}/queue").read())
+        empty = 0 if queue["queue_running"] or queue["queue_pending"] else empty + 1
+        time.sleep(2)
+    history = json.loads(urllib.request.urlopen(f"{server}/history?max_items=100000").read())
+    start = history[first]["prompt"][0]
+    runs = sorted((v["prompt"][0], k) for k, v in history.items() if v["prompt"][0] >= start)
+    bad = [k for _, k in runs if history[k]["status"]["status_str"] != "success"]
+    if bad:
+        raise RuntimeError(json.dumps(history[bad[0]]["status"])[:2000])
+    return runs[-1][1], len(runs)
 
 
 def run_cli(args, seconds):
@@ -173,6 +198,7 @@ def main():
     p.add_argument("--server", default="http://127.0.0.1:8188")
     p.add_argument("--pid", type=int)
     p.add_argument("--checkpoint", default="tiny")
+    p.add_argument("--workflow", default="emo_long_track", help="ComfyUI: which example_workflows/api/ prompt")
     p.add_argument("--model", default="tiny-random")
     args = p.parse_args()
     args.picture = tuple(int(v) for v in args.picture.lower().split("x"))
