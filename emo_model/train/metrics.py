@@ -2,7 +2,8 @@
 
 * `frame_loudness`: RMS of the 16 kHz samples of each video frame, frame i = samples [i*sr/fps, (i+1)*sr/fps).
 * `mouth_opening_from_frames`: for drawn faces (`synthetic.draw_face`) and for what a model renders of them. The head
-  is the part of the frame that differs from the background colour (median of the frame's border); its centroid
+  is the largest connected part of the frame that differs from the background colour (median of the frame's border),
+  holes filled (`_head_component`: blotches elsewhere in the background are not head and not mouth); its centroid
   and orientation come from image moments. The mouth is the dark part of the lower face: pixels below the head
   centre (along the head's own down axis, more than 0.15 head lengths) and within 0.6 head widths of its centre
   line, weighted by how much darker than DARK x (median head brightness) they are. Opening = that weight / head
@@ -21,7 +22,8 @@ import math
 import numpy as np
 
 LAG_TOLERANCE = 1     # frames
-DARK = 0.45           # a pixel is "dark" below this fraction of the head's median brightness
+DARK = 0.45           # a pixel is "dark" below this fraction of the face's median brightness
+SKIN_TOL = 0.3        # a head pixel is skin within this L1 colour distance (0..1 per channel) of the head's median
 
 
 def frame_loudness(waveform, num_frames: int, fps: float, sr: int = 16000) -> np.ndarray:
@@ -48,24 +50,76 @@ def _frames(frames) -> np.ndarray:
     return f / 255.0 if f.max() > 1.5 else f
 
 
+def _head_component(mask: np.ndarray):
+    """The head in a not-background mask [H, W] bool: opened with a 3x3 cross (thin bridges to blotches in the
+    background break), the largest connected component kept, its holes (eyes, mouth, when they are close to the
+    background colour) filled. None when nothing is left. Anything apart from the head (a blotchy background, a
+    stray blob) is ignored, so it can neither move the head's moments nor count as mouth."""
+    import cv2
+    m = mask.astype(np.uint8)
+    opened = cv2.morphologyEx(m, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3)))
+    if opened.any():
+        m = opened
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(m, connectivity=4)
+    if n < 2:
+        return None
+    comp = (labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))).astype(np.uint8)
+    H, W = comp.shape
+    outside = np.zeros((H + 2, W + 2), np.uint8)
+    outside[1:-1, 1:-1] = comp
+    cv2.floodFill(outside, None, (0, 0), 2)  # what the background reaches from outside; the rest is the head
+    return (outside[1:-1, 1:-1] != 2)
+
+
 def _head(frame: np.ndarray):
-    """(mask of the head [H, W] bool, centroid (x, y), major-axis angle from vertical in degrees, ry, rx) or None."""
+    """(face mask [H, W] bool, centroid (x, y), major-axis angle from vertical in degrees, ry, rx) or None.
+
+    The head: the largest not-background part (`_head_component`). The face: within it, the pixels near the head's
+    median colour (the skin; SKIN_TOL), largest part, holes (eyes, nose, a closed-in mouth) filled; the centroid,
+    roll and semi-axes (ry >= rx) are the face's image moments, and the returned mask is the ellipse they describe
+    (an open mouth reaching the chin still lies inside it; a dark blot touching the head from outside does not)."""
     border = np.concatenate([frame[0], frame[-1], frame[:, 0], frame[:, -1]])
     bg = np.median(border, axis=0)
     dist = np.abs(frame - bg).sum(-1)
-    mask = dist > 0.12
-    if mask.sum() < 0.02 * mask.size:
+    head = _head_component(dist > 0.12)
+    if head is None or head.sum() < 0.02 * head.size:
         return None
-    ys, xs = np.nonzero(mask)
-    cx, cy = xs.mean(), ys.mean()
+    skin_colour = np.median(frame[head], axis=0)
+    d_skin = np.abs(frame - skin_colour).sum(-1)
+    face = _head_component(head & (d_skin < SKIN_TOL))
+    if face is None or face.sum() < 0.02 * face.size:
+        return None
+    # moments weighted: 1 inside, the soft skin membership on the rim (anti-aliased edges move by less than a pixel
+    # when the head turns by half a degree; a binary mask would not see it)
+    import cv2
+    k = np.ones((3, 3), np.uint8)
+    interior = cv2.erode(face.astype(np.uint8), k).astype(bool)
+    rim = cv2.dilate(face.astype(np.uint8), k).astype(bool) & ~interior
+    w = np.where(interior, 1.0, np.where(rim, np.clip(1.5 - d_skin / SKIN_TOL, 0.0, 1.0), 0.0))
+    ys, xs = np.nonzero(w)
+    w = w[ys, xs]
+    cx, cy = np.average(xs, weights=w), np.average(ys, weights=w)
     dx, dy = xs - cx, ys - cy
-    mxx, myy, mxy = (dx * dx).mean(), (dy * dy).mean(), (dx * dy).mean()
+    mxx, myy, mxy = np.average(dx * dx, weights=w), np.average(dy * dy, weights=w), np.average(dx * dy, weights=w)
     theta = 0.5 * math.atan2(2 * mxy, mxx - myy)  # major axis angle from +x (image coords, y down)
     up = math.degrees(theta) - 90.0 if theta > 0 else math.degrees(theta) + 90.0  # from vertical, clockwise +
     roll = -up  # counter-clockwise on screen positive (as `synthetic.draw_face`)
     lam1 = (mxx + myy) / 2 + math.sqrt(((mxx - myy) / 2) ** 2 + mxy * mxy)
     lam2 = (mxx + myy) / 2 - math.sqrt(((mxx - myy) / 2) ** 2 + mxy * mxy)
-    return mask, (cx, cy), roll, 2 * math.sqrt(max(lam1, 1e-6)), 2 * math.sqrt(max(lam2, 1e-6))
+    ry, rx = 2 * math.sqrt(max(lam1, 1e-6)), 2 * math.sqrt(max(lam2, 1e-6))  # semi-axes of a filled ellipse
+    down, side = _head_axes(frame.shape[:2], cx, cy, roll)
+    ellipse = (down / ry) ** 2 + (side / rx) ** 2 <= 1.0
+    return ellipse, (cx, cy), roll, ry, rx
+
+
+def _head_axes(shape, cx: float, cy: float, roll: float):
+    """Per-pixel coordinates [H, W] along the head's own down and sideways axes (pixels from the centroid)."""
+    H, W = shape
+    yy, xx = np.mgrid[:H, :W]
+    a = math.radians(-roll)
+    down = (xx - cx) * -math.sin(a) + (yy - cy) * math.cos(a)
+    side = (xx - cx) * math.cos(a) + (yy - cy) * math.sin(a)
+    return down, side
 
 
 def mouth_opening_from_frames(frames) -> np.ndarray:
@@ -79,11 +133,7 @@ def mouth_opening_from_frames(frames) -> np.ndarray:
         mask, (cx, cy), roll, ry, rx = h
         lum = frame @ np.array([0.299, 0.587, 0.114], np.float32)
         ref = float(np.median(lum[mask]))
-        H, W = lum.shape
-        yy, xx = np.mgrid[:H, :W]
-        a = math.radians(-roll)
-        down = (xx - cx) * -math.sin(a) + (yy - cy) * math.cos(a)   # along the head's down axis
-        side = (xx - cx) * math.cos(a) + (yy - cy) * math.sin(a)
+        down, side = _head_axes(lum.shape, cx, cy, roll)
         region = mask & (down > 0.15 * ry) & (np.abs(side) < 0.6 * rx)
         dark = np.clip((DARK * ref - lum) / max(DARK * ref, 1e-3), 0, 1)
         out[t] = float(dark[region].sum()) / max(float(mask.sum()), 1.0)

@@ -143,13 +143,12 @@ def draw_face(style: FaceStyle, size: int, opening: float, roll: float = 0.0) ->
     a = math.radians(roll)
     ca, sa = math.cos(a), math.sin(a)
 
-    def at(x, y):  # head coordinates (x right, y down, units of rx) -> pixel, rotated
-        px, py = x * rx, y * rx
-        return (int(round((cx + ca * px + sa * py) * 16)), int(round((cy - sa * px + ca * py) * 16)))
+    u = np.linspace(0, 2 * np.pi, 96, endpoint=False)
 
-    def ell(x, y, ax, ay, color, extra=0.0):
-        cv2.ellipse(img, at(x, y), (max(1, int(ax * rx * 16)), max(1, int(ay * rx * 16))), -roll + extra, 0, 360,
-                    color, -1, cv2.LINE_AA, 4)
+    def ell(x, y, ax, ay, color):  # a polygon, not cv2.ellipse, which rounds its angle to whole degrees
+        px, py = (x + ax * np.cos(u)) * rx, (y + ay * np.sin(u)) * rx
+        pts = np.stack([cx + ca * px + sa * py, cy - sa * px + ca * py], -1)
+        cv2.fillPoly(img, [np.round(pts * 16).astype(np.int32)], color, cv2.LINE_AA, 4)
 
     ell(0, -0.25 * style.aspect, 1.06, style.aspect * 0.8, style.hair)  # hair behind the top of the head
     ell(0, 0, 1.0, style.aspect, style.skin)
