@@ -8,8 +8,10 @@
   centre (along the head's own down axis, more than 0.15 head lengths) and within 0.6 head widths of its centre
   line, weighted by how much darker than DARK x (median head brightness) they are. Opening = that weight / head
   area. Units are arbitrary (only correlations use it); 0 for a frame with no head.
-* `head_roll_from_frames`: in-plane angle of the head's major axis (degrees, 0 = upright) from the same moments;
-  `head_motion` = |roll(i) - roll(i-1)|, degrees per frame.
+* `head_roll_from_frames`: in-plane angle of the major axis of the head's whole silhouette (hair and face, holes
+  filled: an opening mouth does not tilt it; degrees, 0 = upright). `head_motion`: the rotation between frames i and
+  i + 3 found by registering the whole frame (rotations about the head's centroid, best correlation), / 3, degrees
+  per frame: on renders, whose heads are soft and near round, moments jitter by degrees from frame to frame.
 * `lipsync_r`: Pearson r between mouth opening and loudness over frames, the best of lags -1, 0, +1 frame
   (LAG_TOLERANCE; 40 ms at 25 fps: a frame's mouth may follow its audio window by a frame). Undefined (nan) when
   either series is constant.
@@ -23,6 +25,7 @@ import numpy as np
 
 LAG_TOLERANCE = 1     # frames
 DARK = 0.45           # a pixel is "dark" below this fraction of the face's median brightness
+MOTION_SPAN = 3       # frames: head motion is measured as the roll change over this many frames, / span
 SKIN_TOL = 0.3        # a head pixel is skin within this L1 colour distance (0..1 per channel) of the head's median
 
 
@@ -140,21 +143,70 @@ def mouth_opening_from_frames(frames) -> np.ndarray:
     return out
 
 
+def _silhouette_roll(frame: np.ndarray) -> float:
+    """Roll (degrees, counter-clockwise positive) of the head's whole silhouette (`_head_component`: hair and face,
+    holes filled, so an opening mouth does not tilt it), from image moments with a soft rim; nan without a head."""
+    import cv2
+    border = np.concatenate([frame[0], frame[-1], frame[:, 0], frame[:, -1]])
+    dist = np.abs(frame - np.median(border, axis=0)).sum(-1)
+    head = _head_component(dist > 0.12)
+    if head is None or head.sum() < 0.02 * head.size:
+        return float("nan")
+    k = np.ones((3, 3), np.uint8)
+    interior = cv2.erode(head.astype(np.uint8), k).astype(bool)
+    rim = cv2.dilate(head.astype(np.uint8), k).astype(bool) & ~interior
+    w = np.where(interior, 1.0, np.where(rim, np.clip(dist / 0.24, 0.0, 1.0), 0.0))
+    ys, xs = np.nonzero(w)
+    w = w[ys, xs]
+    dx, dy = xs - np.average(xs, weights=w), ys - np.average(ys, weights=w)
+    mxx, myy, mxy = np.average(dx * dx, weights=w), np.average(dy * dy, weights=w), np.average(dx * dy, weights=w)
+    theta = 0.5 * math.atan2(2 * mxy, mxx - myy)
+    up = math.degrees(theta) - 90.0 if theta > 0 else math.degrees(theta) + 90.0
+    return -up
+
+
 def head_roll_from_frames(frames) -> np.ndarray:
     """Head roll per frame in degrees (0 = upright), float64 [T]; nan where no head is found."""
     f = _frames(frames)
-    out = np.full(len(f), np.nan)
-    for t, frame in enumerate(f):
-        h = _head(frame)
-        if h is not None:
-            out[t] = h[2]
+    return np.array([_silhouette_roll(frame) for frame in f], np.float64)
+
+
+def _rotation_between(a: np.ndarray, b: np.ndarray, centre, max_deg: float) -> float:
+    """The in-plane rotation (degrees) that best turns frame `a` into frame `b` about `centre` (x, y): the angle of
+    highest correlation of b with a rotated, searched in 1-degree steps over +-max_deg, then 0.1-degree steps."""
+    import cv2
+    ga, gb = a.mean(-1), b.mean(-1)
+    bb = gb - gb.mean()
+    H, W = ga.shape
+
+    def score(deg):
+        m = cv2.getRotationMatrix2D((float(centre[0]), float(centre[1])), float(deg), 1.0)
+        r = cv2.warpAffine(ga, m, (W, H), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        r = r - r.mean()
+        return float((r * bb).sum() / (np.sqrt((r * r).sum() * (bb * bb).sum()) + 1e-9))
+
+    coarse = np.arange(-max_deg, max_deg + 0.5, 1.0)
+    best = coarse[int(np.argmax([score(d) for d in coarse]))]
+    fine = np.arange(best - 1.0, best + 1.05, 0.1)
+    return float(fine[int(np.argmax([score(d) for d in fine]))])
+
+
+def head_motion(frames, span: int = MOTION_SPAN, max_deg: float = 15.0) -> np.ndarray:
+    """Head turning speed in degrees per frame, float64 [T - span]: the rotation between frame i and frame i + span
+    (whole-frame registration about the head's centroid, `_rotation_between`), / span. Registration uses every
+    pixel, so it holds on a model's soft, jittery renders where the moments of a near-round head do not; over `span`
+    frames the jitter counts 1/span. nan where frame i has no head."""
+    f = _frames(frames)
+    span = max(1, min(span, len(f) - 1))
+    out = np.full(max(0, len(f) - span), np.nan)
+    for i in range(len(out)):
+        border = np.concatenate([f[i][0], f[i][-1], f[i][:, 0], f[i][:, -1]])
+        head = _head_component(np.abs(f[i] - np.median(border, axis=0)).sum(-1) > 0.12)
+        if head is None:
+            continue
+        ys, xs = np.nonzero(head)
+        out[i] = abs(_rotation_between(f[i], f[i + span], (xs.mean(), ys.mean()), max_deg)) / span
     return out
-
-
-def head_motion(frames) -> np.ndarray:
-    """|roll(i) - roll(i-1)| in degrees per frame, float64 [T - 1]."""
-    r = head_roll_from_frames(frames)
-    return np.abs(np.diff(r))
 
 
 def pearson(x, y) -> float:

@@ -4,7 +4,8 @@ synthetic frames so that what the tiny EMO model learns in latent space can be s
 
 Training: Adam (lr 2e-3 with a cosine decay), batches of random frames in [-1, 1] at the data's resolution (64 px),
 loss = L1 + MSE of the reconstruction from the posterior mean + KL_WEIGHT x KL (small: the latent only needs to stay
-near a Gaussian scale, not to be a good prior), random horizontal flips. `latent_scale` = 1 / std of the latents (the
+near a Gaussian scale, not to be a good prior), random horizontal flips and colour changes (`augment`: channel
+permutations, gains, offsets; without them a VAE trained on six drawn faces turns an unseen face's colours to mud). `latent_scale` = 1 / std of the latents (the
 `vae_scale` the EMO config multiplies latents by, as SD's 0.18215), measured on the training frames.
 
 Frames: uint8 [N, H, W, 3] RGB or a prepared DATA folder (`frames_from_data`).
@@ -42,8 +43,22 @@ def _to_tensor(frames: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float().div(127.5).sub(1)
 
 
+def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Random horizontal flips, colour-channel permutations and per-channel gain (0.8..1.2) / offset (-0.15..0.15),
+    per sample, of a batch [B, 3, H, W] in -1..1: a VAE trained on a few identities then also reconstructs faces and
+    backgrounds of colours it has not seen (the learning check renders unseen faces)."""
+    B = x.shape[0]
+    flip = torch.rand(B, generator=g) < 0.5
+    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    perm = torch.stack([torch.randperm(3, generator=g) for _ in range(B)])
+    x = torch.gather(x, 1, perm[:, :, None, None].expand_as(x))
+    gain = 0.8 + 0.4 * torch.rand(B, 3, 1, 1, generator=g)
+    offset = 0.3 * torch.rand(B, 3, 1, 1, generator=g) - 0.15
+    return ((x + 1) * gain - 1 + offset).clamp(-1, 1)
+
+
 def train_tiny_vae(frames, steps: int = 300, batch: int = 8, lr: float = 2e-3, seed: int = 0, log_every: int = 0,
-                   widths=(8, 16, 32, 32)):
+                   widths=(8, 16, 32, 32), colour_augment: bool = True):
     """Train a tiny AutoencoderKL on `frames` (uint8 [N, H, W, 3] or a DATA folder). Returns (vae in eval mode,
     latent_scale, final L1 error in [-1, 1] units on a held batch)."""
     if isinstance(frames, (str, Path)):
@@ -59,8 +74,7 @@ def train_tiny_vae(frames, steps: int = 300, batch: int = 8, lr: float = 2e-3, s
     for step in range(steps):
         idx = torch.randint(0, n, (batch,), generator=g)
         x = x_all[idx]
-        flip = torch.rand(batch, generator=g) < 0.5
-        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        x = augment(x, g) if colour_augment else x
         post = vae.encode(x).latent_dist
         rec = vae.decode(post.mean + 0.1 * post.std * torch.randn(post.mean.shape, generator=g)).sample
         loss = (rec - x).abs().mean() + ((rec - x) ** 2).mean() + KL_WEIGHT * post.kl().mean()
