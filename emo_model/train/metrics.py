@@ -235,5 +235,7 @@ def lipsync_r(opening, loudness, max_lag: int = LAG_TOLERANCE) -> float:
 def speed_rank_r(requested, measured) -> float:
     """Spearman rank correlation of requested speeds vs measured motion (one value each per video)."""
     from scipy.stats import spearmanr
+    if np.ptp(np.asarray(requested, np.float64)) == 0 or np.ptp(np.asarray(measured, np.float64)) == 0:
+        return float("nan")  # a constant series has no rank correlation
     r = spearmanr(np.asarray(requested, np.float64), np.asarray(measured, np.float64)).statistic
     return float(r)
