@@ -5,8 +5,9 @@ synthetic frames so that what the tiny EMO model learns in latent space can be s
 Training: Adam (lr 2e-3 with a cosine decay), batches of random frames in [-1, 1] at the data's resolution (64 px),
 loss = L1 + MSE of the reconstruction from the posterior mean + KL_WEIGHT x KL (small: the latent only needs to stay
 near a Gaussian scale, not to be a good prior), random horizontal flips and colour changes (`augment`: channel
-permutations, gains, offsets; without them a VAE trained on six drawn faces turns an unseen face's colours to mud). `latent_scale` = 1 / std of the latents (the
-`vae_scale` the EMO config multiplies latents by, as SD's 0.18215), measured on the training frames.
+permutations, gains, offsets; without them a VAE trained on six drawn faces turned an unseen face's colours to mud
+and its mouth metric from r 1.0 to 0.19). `latent_scale` = 1 / std of the latents (the `vae_scale` the EMO config
+multiplies latents by, as SD's 0.18215), measured on the training frames.
 
 Frames: uint8 [N, H, W, 3] RGB or a prepared DATA folder (`frames_from_data`).
 """
