@@ -97,6 +97,10 @@ def run(cfg: TrainConfig, dataset=None, on_step=None) -> dict:
     _check_resume(cfg, out)
     check_init(cfg)
     ds, fps, speeds, data, whole_frame = open_data(cfg, dataset)  # bad DATA: an error before RUN/ is made
+    from accelerate.state import AcceleratorState
+    # accelerate keeps its settings per process: a second run in one Python process (tests, a notebook, the learning
+    # check) with another --mixed-precision would be refused. Forget them (the distributed set-up stays).
+    AcceleratorState._reset_state()
     acc = Accelerator(cpu=cfg.device == "cpu", mixed_precision=cfg.mixed_precision, log_with="tensorboard",
                       project_dir=str(out / "logs"),
                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
