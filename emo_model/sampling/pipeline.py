@@ -149,7 +149,7 @@ def _stored(features: torch.Tensor, dtype: torch.dtype, seconds: float) -> torch
         return features.to(dtype)
     if not _said_half:
         _said_half = True
-        log.info("EMO: tracks over %g s keep their encoded audio in float16 (half the memory: %.0f MB instead of "
-                 "%.0f MB here); each clip's audio tokens are made from it in float32", LONG_TRACK_SECONDS,
+        log.info("EMO: tracks over %g s keep their encoded audio in float16 (half the memory: %.1f MB instead of "
+                 "%.1f MB here); each clip's audio tokens are made from it in float32", LONG_TRACK_SECONDS,
                  features.numel() * 2 / 1e6, features.numel() * 4 / 1e6)
     return features.to(torch.float16)

@@ -300,7 +300,10 @@ def test_long_track_in_60_s_pieces(pipe, h2, meta, name):
     assert audio.num_frames == int(a[f"{name}.audio_length"]) == sum(t["pieces"])
     assert audio.features.shape[0] == int(a[f"{name}.audio_emb_frames"])
     rows = a[f"{name}.rows"]
-    _close(audio.features[rows], a[f"{name}.audio_emb_rows"])
+    # a track over 60 s keeps its encoded audio in float16 (pipeline.encode_audio: half the memory of a long song):
+    # float16 rounds to 2^-11 of a value (4.9e-4), on top of the 1e-4 of the float32 computation
+    assert audio.features.dtype == torch.float16
+    _close(audio.features[rows].float(), a[f"{name}.audio_emb_rows"], dict(atol=1e-4, rtol=1e-3))
     # the pieces matter: one pass over the whole track (Hallo's path) differs at the border
     whole = pipe.model.audio_encoder.encode(wave, 25, pad_multiple=t["clip_length"], chunk_seconds=1e6)
     near = (rows >= 1495) & (rows < min(1505, whole.shape[0]))
