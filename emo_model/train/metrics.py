@@ -74,31 +74,30 @@ def _head_component(mask: np.ndarray):
     return (outside[1:-1, 1:-1] != 2)
 
 
-def _head(frame: np.ndarray):
-    """(face mask [H, W] bool, centroid (x, y), major-axis angle from vertical in degrees, ry, rx) or None.
-
-    The head: the largest not-background part (`_head_component`). The face: within it, the pixels near the head's
-    median colour (the skin; SKIN_TOL), largest part, holes (eyes, nose, a closed-in mouth) filled; the centroid,
-    roll and semi-axes (ry >= rx) are the face's image moments, and the returned mask is the ellipse they describe
-    (an open mouth reaching the chin still lies inside it; a dark blot touching the head from outside does not)."""
+def _not_background(frame: np.ndarray) -> np.ndarray:
+    """Colour distance [H, W] (L1, 0..3) of each pixel from the background colour (median of the frame's border)."""
     border = np.concatenate([frame[0], frame[-1], frame[:, 0], frame[:, -1]])
-    bg = np.median(border, axis=0)
-    dist = np.abs(frame - bg).sum(-1)
+    return np.abs(frame - np.median(border, axis=0)).sum(-1)
+
+
+def _largest_head(frame: np.ndarray):
+    """The head's mask (`_head_component` of the not-background pixels) and the background distance, or (None, dist)
+    when no head covers 2 % of the frame."""
+    dist = _not_background(frame)
     head = _head_component(dist > 0.12)
-    if head is None or head.sum() < 0.02 * head.size:
-        return None
-    skin_colour = np.median(frame[head], axis=0)
-    d_skin = np.abs(frame - skin_colour).sum(-1)
-    face = _head_component(head & (d_skin < SKIN_TOL))
-    if face is None or face.sum() < 0.02 * face.size:
-        return None
-    # moments weighted: 1 inside, the soft skin membership on the rim (anti-aliased edges move by less than a pixel
-    # when the head turns by half a degree; a binary mask would not see it)
+    return (None if head is None or head.sum() < 0.02 * head.size else head), dist
+
+
+def _soft_moments(mask: np.ndarray, rim_weight: np.ndarray):
+    """Centroid (x, y), roll (degrees from vertical, counter-clockwise on screen positive, as `synthetic.draw_face`)
+    and semi-axes (ry >= rx, of a filled ellipse) of `mask` [H, W] bool, from image moments weighted 1 inside and
+    `rim_weight` [H, W] on its one-pixel rim (anti-aliased edges move by less than a pixel when the head turns by
+    half a degree; a binary mask would not see it)."""
     import cv2
     k = np.ones((3, 3), np.uint8)
-    interior = cv2.erode(face.astype(np.uint8), k).astype(bool)
-    rim = cv2.dilate(face.astype(np.uint8), k).astype(bool) & ~interior
-    w = np.where(interior, 1.0, np.where(rim, np.clip(1.5 - d_skin / SKIN_TOL, 0.0, 1.0), 0.0))
+    interior = cv2.erode(mask.astype(np.uint8), k).astype(bool)
+    rim = cv2.dilate(mask.astype(np.uint8), k).astype(bool) & ~interior
+    w = np.where(interior, 1.0, np.where(rim, rim_weight, 0.0))
     ys, xs = np.nonzero(w)
     w = w[ys, xs]
     cx, cy = np.average(xs, weights=w), np.average(ys, weights=w)
@@ -106,10 +105,28 @@ def _head(frame: np.ndarray):
     mxx, myy, mxy = np.average(dx * dx, weights=w), np.average(dy * dy, weights=w), np.average(dx * dy, weights=w)
     theta = 0.5 * math.atan2(2 * mxy, mxx - myy)  # major axis angle from +x (image coords, y down)
     up = math.degrees(theta) - 90.0 if theta > 0 else math.degrees(theta) + 90.0  # from vertical, clockwise +
-    roll = -up  # counter-clockwise on screen positive (as `synthetic.draw_face`)
     lam1 = (mxx + myy) / 2 + math.sqrt(((mxx - myy) / 2) ** 2 + mxy * mxy)
     lam2 = (mxx + myy) / 2 - math.sqrt(((mxx - myy) / 2) ** 2 + mxy * mxy)
-    ry, rx = 2 * math.sqrt(max(lam1, 1e-6)), 2 * math.sqrt(max(lam2, 1e-6))  # semi-axes of a filled ellipse
+    return (cx, cy), -up, 2 * math.sqrt(max(lam1, 1e-6)), 2 * math.sqrt(max(lam2, 1e-6))
+
+
+def _head(frame: np.ndarray):
+    """(face mask [H, W] bool, centroid (x, y), major-axis angle from vertical in degrees, ry, rx) or None.
+
+    The head: the largest not-background part (`_head_component`). The face: within it, the pixels near the head's
+    median colour (the skin; SKIN_TOL), largest part, holes (eyes, nose, a closed-in mouth) filled; the centroid,
+    roll and semi-axes (ry >= rx) are the face's image moments (rim weighted by skin membership), and the returned
+    mask is the ellipse they describe (an open mouth reaching the chin still lies inside it; a dark blot touching
+    the head from outside does not)."""
+    head, _ = _largest_head(frame)
+    if head is None:
+        return None
+    skin_colour = np.median(frame[head], axis=0)
+    d_skin = np.abs(frame - skin_colour).sum(-1)
+    face = _head_component(head & (d_skin < SKIN_TOL))
+    if face is None or face.sum() < 0.02 * face.size:
+        return None
+    (cx, cy), roll, ry, rx = _soft_moments(face, np.clip(1.5 - d_skin / SKIN_TOL, 0.0, 1.0))
     down, side = _head_axes(frame.shape[:2], cx, cy, roll)
     ellipse = (down / ry) ** 2 + (side / rx) ** 2 <= 1.0
     return ellipse, (cx, cy), roll, ry, rx
@@ -146,23 +163,10 @@ def mouth_opening_from_frames(frames) -> np.ndarray:
 def _silhouette_roll(frame: np.ndarray) -> float:
     """Roll (degrees, counter-clockwise positive) of the head's whole silhouette (`_head_component`: hair and face,
     holes filled, so an opening mouth does not tilt it), from image moments with a soft rim; nan without a head."""
-    import cv2
-    border = np.concatenate([frame[0], frame[-1], frame[:, 0], frame[:, -1]])
-    dist = np.abs(frame - np.median(border, axis=0)).sum(-1)
-    head = _head_component(dist > 0.12)
-    if head is None or head.sum() < 0.02 * head.size:
+    head, dist = _largest_head(frame)
+    if head is None:
         return float("nan")
-    k = np.ones((3, 3), np.uint8)
-    interior = cv2.erode(head.astype(np.uint8), k).astype(bool)
-    rim = cv2.dilate(head.astype(np.uint8), k).astype(bool) & ~interior
-    w = np.where(interior, 1.0, np.where(rim, np.clip(dist / 0.24, 0.0, 1.0), 0.0))
-    ys, xs = np.nonzero(w)
-    w = w[ys, xs]
-    dx, dy = xs - np.average(xs, weights=w), ys - np.average(ys, weights=w)
-    mxx, myy, mxy = np.average(dx * dx, weights=w), np.average(dy * dy, weights=w), np.average(dx * dy, weights=w)
-    theta = 0.5 * math.atan2(2 * mxy, mxx - myy)
-    up = math.degrees(theta) - 90.0 if theta > 0 else math.degrees(theta) + 90.0
-    return -up
+    return _soft_moments(head, np.clip(dist / 0.24, 0.0, 1.0))[1]
 
 
 def head_roll_from_frames(frames) -> np.ndarray:
@@ -200,8 +204,7 @@ def head_motion(frames, span: int = MOTION_SPAN, max_deg: float = 15.0) -> np.nd
     span = max(1, min(span, len(f) - 1))
     out = np.full(max(0, len(f) - span), np.nan)
     for i in range(len(out)):
-        border = np.concatenate([f[i][0], f[i][-1], f[i][:, 0], f[i][:, -1]])
-        head = _head_component(np.abs(f[i] - np.median(border, axis=0)).sum(-1) > 0.12)
+        head = _head_component(_not_background(f[i]) > 0.12)
         if head is None:
             continue
         ys, xs = np.nonzero(head)
