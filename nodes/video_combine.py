@@ -1,4 +1,5 @@
 """Video Combine: IMAGE frames + AUDIO + fps -> core VIDEO, and an mp4 (H.264 + AAC) saved under output/."""
+import contextlib
 import json
 import os
 
@@ -132,7 +133,8 @@ class EMOVideoCombine(io.ComfyNode):
                     model_management.throw_exception_if_processing_interrupted()
         finally:
             if intermediate is not None:  # in the mp4 now; or, after a failure, of no more use (the pass restarts)
-                os.remove(intermediate.path)
+                with contextlib.suppress(FileNotFoundError):  # never hides the error that got us here
+                    os.remove(intermediate.path)
         file = os.path.basename(writer.path)
         saved = ui.PreviewVideo([ui.SavedResult(file, subfolder, io.FolderType.output)])
         if frames is None:  # the streamed path: the VIDEO is the saved file, decoded only when a node asks
