@@ -51,7 +51,8 @@ def make_synthetic(out: Path, args) -> tuple[Path, Path]:
     videos, heldout = out / "videos", out / "heldout"
     if not (videos / ".done").exists():
         synthetic.make_synthetic_set(videos, identities=range(args.identities), speeds=args.speeds,
-                                     seconds=args.seconds, size=args.size)
+                                     seconds=args.seconds, size=args.size, motion=args.motion,
+                                     sweeps=args.sweeps)
         (videos / ".done").write_text("")
     if not (heldout / ".done").exists():
         for k in range(args.heldout_pairs):  # unseen faces (ids 90+) and unseen voices
@@ -173,6 +174,9 @@ def main(argv=None) -> int:
     p.add_argument("--speeds", type=float, nargs="+",
                    default=[0.0, 0.5, 1.0, 2.0, 3.0],
                    help="head speeds (deg/frame) of the moving training videos, one video each")
+    p.add_argument("--motion", choices=("sweep", "swing"), default="sweep",
+                   help="moving heads turn one way (sweep) or swing back and forth (swing)")
+    p.add_argument("--sweeps", type=int, default=2, help="videos per speed of sweeping heads")
     p.add_argument("--seconds", type=float, default=6.0)
     p.add_argument("--size", type=int, default=96)
     p.add_argument("--heldout-pairs", type=int, default=2)

@@ -46,7 +46,7 @@ class BackboneConditions:
     masks: list | None = None                      # Hallo regions: 3 lists (full, face, lip) of 4 levels [1, hw]
     region_weights: tuple = (1.0, 1.0, 1.0)        # (full/pose, face, lip) weights of the audio per region
     face: torch.Tensor | None = None               # [(B f), C0, h, w] face-locator features (added after conv_in)
-    speed: torch.Tensor | None = None              # [B, f, l] speed features
+    speed: torch.Tensor | None = None              # [B, f, l] speed features ([B, f, t, l]: frame-local)
     frames: int = 0                                # f; set by `Backbone.forward` from the latents
 
 
@@ -165,7 +165,7 @@ class Backbone(nn.Module):
             n = motion.shape[1]
             x = torch.cat([rearrange(motion.to(x.dtype), "b n (h w) c -> b c n h w", h=x.shape[3]), x], dim=2)
             if speed is not None:
-                speed = torch.cat([speed[:, :1].expand(-1, n, -1), speed], dim=1)
+                speed = torch.cat([speed[:, :1].expand(-1, n, *speed.shape[2:]), speed], dim=1)
         x = block.motion_modules[j](x, speed)[:, :, n:]
         return rearrange(x, "b c f h w -> (b f) c h w")
 

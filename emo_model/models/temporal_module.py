@@ -64,11 +64,17 @@ class TemporalTransformerBlock(nn.Module):
         nn.init.zeros_(self.speed_attn.to_out[0].weight)
         nn.init.zeros_(self.speed_attn.to_out[0].bias)
 
-    def forward(self, x, speed=None):  # x: [(b h w), f, C]; speed: [(b h w), f, l] or None
+    def forward(self, x, speed=None):  # x: [(b h w), f, C]; speed: [(b h w), f, l], [(b h w), f, t, l] or None
         for attention, norm in zip(self.attention_blocks, self.norms):
             x = attention(norm(x)) + x
         if speed is not None and hasattr(self, "speed_attn"):
-            x = self.speed_attn(self.speed_norm(x), encoder_hidden_states=speed) + x
+            h = self.speed_norm(x)
+            if speed.dim() == 4:  # frame-local: each frame attends to its own t speed tokens
+                n, f, c = h.shape
+                out = self.speed_attn(h.reshape(n * f, 1, c), encoder_hidden_states=speed.flatten(0, 1))
+                x = out.reshape(n, f, c) + x
+            else:                 # every frame attends to all f frames' speed features (EMO's layout)
+                x = self.speed_attn(h, encoder_hidden_states=speed) + x
         return self.ff(self.ff_norm(x)) + x
 
 
@@ -81,7 +87,8 @@ class TemporalTransformer(nn.Module):
         self.proj_out = nn.Linear(dim, dim)
 
     def forward(self, x, speed=None):
-        """x: [b, C, f, h, w] -> same; speed: [b, f, l] per-frame speed features or None."""
+        """x: [b, C, f, h, w] -> same; speed: per-frame speed features [b, f, l] or [b, f, t, l] (frame-local), or
+        None."""
         b, c, f, h, w = x.shape
         residual = x
         x = self.norm(rearrange(x, "b c f h w -> (b f) c h w").contiguous())  # statistics per frame (contiguous:

@@ -111,13 +111,13 @@ class ConditionCache:
 
     # ------------------------------------------------------------------ speed layers, region masks
     def speed(self, f: int) -> torch.Tensor | None:
-        """Speed features [B, f, l] of a clip or window of f frames at the run's speed, or None without speed
-        layers."""
+        """Speed features [B, f, l] ([B, f, 1, l] with phase buckets) of a clip or window of f frames at the run's
+        speed, or None without speed layers."""
         enc = self.model.speed_encoder
         if enc is None:
             return None
         feats = self._once(("speed", f), lambda: enc(torch.full((1, f), self.speed_value, device=self.device)))
-        return feats.expand(len(self.passes), -1, -1)
+        return feats.expand(len(self.passes), *feats.shape[1:])
 
     def masks(self) -> list | None:
         """Hallo's region masks (full, face, lip) x 4 levels on the device, or None."""

@@ -31,14 +31,37 @@ def step_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(seed) * 1_000_003 + int(step))
 
 
-def draw(cfg, schedule, num_samples: int, global_batch: int, latent_size: int, step: int) -> StepDraws:
+def draw(cfg, schedule, num_samples: int, global_batch: int, latent_size: int, step: int,
+         weights: torch.Tensor | None = None) -> StepDraws:
+    """weights: [num_samples] sampling weights (`speed_balance`), or None for uniform."""
     g = step_generator(cfg.seed, step)
-    indices = torch.randint(0, num_samples, (global_batch,), generator=g).tolist()
+    if weights is None:
+        indices = torch.randint(0, num_samples, (global_batch,), generator=g).tolist()
+    else:
+        indices = torch.multinomial(weights, global_batch, replacement=True, generator=g).tolist()
     drops = torch.rand(2, generator=g)
     first = torch.rand(global_batch, generator=g) < cfg.first_clip
     shape = torch.zeros(global_batch, 4, cfg.frames, latent_size, latent_size)
-    t, noise = schedule.sample(shape, g, cfg.noise_offset)
+    t, noise = schedule.sample(shape, g, cfg.noise_offset, getattr(cfg, "timesteps", "uniform"))
     return StepDraws(indices, bool(drops[0] >= cfg.drop_reference), bool(drops[1] >= cfg.drop_audio), first, t, noise)
+
+
+def speed_balance(dataset, centers) -> torch.Tensor | None:
+    """Sampling weights [len(dataset)] that draw videos evenly over the speed buckets: each video goes to the bucket
+    centre nearest its median head speed (deg/frame), and every non-empty bucket gets the same share. Talking-head
+    footage is mostly slow, so without this the fast buckets of the speed layers are rarely seen. The dataset says
+    its videos' per-frame speeds with `video_speeds()` (item i belongs to video i % V, as in EMODataset); None when
+    it cannot, or when every video falls in one bucket."""
+    if not hasattr(dataset, "video_speeds"):
+        return None
+    med = np.array([float(torch.as_tensor(s).float().median()) for s in dataset.video_speeds()])
+    bucket = np.abs(med[:, None] - np.asarray(centers, np.float64)[None]).argmin(1)
+    counts = np.bincount(bucket)
+    if (counts > 0).sum() < 2:
+        return None
+    per_video = 1.0 / counts[bucket]
+    V = len(med)
+    return torch.tensor([per_video[i % V] for i in range(len(dataset))], dtype=torch.float64)
 
 
 @contextmanager
@@ -90,6 +113,8 @@ def make_batch(model, cfg, samples: list, draws: StepDraws, lo: int, audio, stag
             if not draws.use_reference:  # uncond: no reference to repeat, zero maps
                 motion[b] = 0
             elif first[b]:  # the sampler's first clip: the reference latent repeated, or zeros
+                if cfg.first_clip_start == "hold":  # ... where the reference is the pose the clip starts from
+                    reference[b] = frames_lat[b, n - 1]
                 motion[b] = reference[b].expand(n, -1, -1, -1) if mc.first_clip_motion == "reference" else 0
     face = torch.stack([torch.as_tensor(s["face_mask"]).float() for s in samples])[:, :, None]  # [B, 1, 1, R, R]
     audio_rows = None

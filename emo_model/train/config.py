@@ -13,6 +13,7 @@ from ..errors import EMOInputError
 
 # Stage -> (frames per clip f, motion frames n, batch per process, reference-dropout rate) when not given.
 STAGE_DEFAULTS = {1: (1, 0, 4, 0.1), 2: (12, 4, 1, 0.05), 3: (12, 4, 1, 0.05)}
+FIRST_CLIP = {1: 0.05, 2: 0.05, 3: 0.5}
 
 
 @dataclass
@@ -42,10 +43,17 @@ class TrainConfig:
     # Loss and noise (training.md §2)
     snr_gamma: float | None = 5.0      # min-SNR weighting; None: plain mean
     noise_offset: float = 0.05         # offset noise, per sample and channel, shared over frames
+    timesteps: str = "uniform"         # "uniform", or "late": more of the noisiest steps (NoiseSchedule.sample)
     # Conditioning dropout: whole batch, one draw per step (as Hallo)
     drop_reference: float | None = None  # no reference (+ face locator, identity, motion frames); stage default
     drop_audio: float = 0.05           # audio tokens zeroed (after the projection, as the sampler's uncond)
-    first_clip: float = 0.05           # per sample: motion frames as the sampler makes them for a first clip
+    first_clip: float | None = None    # per sample: motion frames as the sampler makes them for a first clip;
+                                       # stage default (0.05; stage 3: 0.5, where speed is the only motion cue)
+    first_clip_start: str = "hold"     # a drawn first clip starts from: "hold" = the frame before the targets, as
+                                       # reference and (for "reference" models) every motion frame: the sampler's
+                                       # first clip, which starts at the reference's pose; "reference" = the
+                                       # window's own reference (a frame >= 30 frames away)
+    balance_speed: bool | None = None  # draw videos evenly over the speed buckets (stage 3 default: yes)
     # Optimizer
     weight_decay: float = 1e-2
     adam_betas: tuple = (0.9, 0.999)
@@ -69,6 +77,12 @@ class TrainConfig:
         self.motion_frames = n if self.motion_frames is None else int(self.motion_frames)
         self.batch = b if self.batch is None else int(self.batch)
         self.drop_reference = drop if self.drop_reference is None else float(self.drop_reference)
+        self.first_clip = FIRST_CLIP[self.stage] if self.first_clip is None else float(self.first_clip)
+        self.balance_speed = self.stage == 3 if self.balance_speed is None else bool(self.balance_speed)
+        if self.timesteps not in ("uniform", "late"):
+            raise EMOInputError(f"timesteps is 'uniform' or 'late' (got {self.timesteps!r})")
+        if self.first_clip_start not in ("hold", "reference"):
+            raise EMOInputError(f"first_clip_start is 'hold' or 'reference' (got {self.first_clip_start!r})")
         self.adam_betas = tuple(self.adam_betas)
         for name in ("steps", "batch", "frames", "save_every", "log_every", "keep_checkpoints"):
             if getattr(self, name) < 1:
@@ -91,4 +105,4 @@ class TrainConfig:
     # What must not change between a run and its resumption (the rest, e.g. --steps or --save-every, may).
     TRAJECTORY_KEYS = ("stage", "init", "batch", "frames", "motion_frames", "resolution", "seed", "lora",
                        "lora_alpha", "motion_module", "snr_gamma", "noise_offset", "drop_reference", "drop_audio",
-                       "first_clip")
+                       "first_clip", "first_clip_start", "balance_speed", "timesteps")

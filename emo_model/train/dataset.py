@@ -110,6 +110,10 @@ class EMODataset(Dataset):
             self._meta[v] = m
         return self._meta[v]
 
+    def video_speeds(self) -> list[torch.Tensor]:
+        """Per-frame head speed (deg/frame) of each video, in video order (item i belongs to video i % V)."""
+        return [torch.as_tensor(self.meta(v)["speed"]) for v in range(len(self.entries))]
+
     def frames(self, v: int, indices) -> np.ndarray:
         e = self.entries[v]
         path = self.data / e.frames

@@ -19,11 +19,15 @@ class NoiseSchedule:
         ac = self.sched.alphas_cumprod.double()
         self.snr = (ac / (1 - ac).clamp(min=1e-12)).float()  # SNR(t); 0 at t = T-1 with zero terminal SNR
 
-    def sample(self, latents: torch.Tensor, gen: torch.Generator, offset: float):
-        """latents [B, c, f, h, w] -> (timesteps [B] long, noise like latents). Uniform timesteps, one per sample;
+    def sample(self, latents: torch.Tensor, gen: torch.Generator, offset: float, timesteps: str = "uniform"):
+        """latents [B, c, f, h, w] -> (timesteps [B] long, noise like latents). One timestep per sample, uniform, or
+        "late": density rising linearly to the noisiest step (where a clip's pose and motion are decided);
         offset noise `offset * N(0, 1)` per sample and channel, shared over frames and pixels."""
         B, c = latents.shape[:2]
-        t = torch.randint(0, self.num_steps, (B,), generator=gen)
+        if timesteps == "late":
+            t = (torch.rand(B, generator=gen).sqrt() * self.num_steps).long().clamp(max=self.num_steps - 1)
+        else:
+            t = torch.randint(0, self.num_steps, (B,), generator=gen)
         noise = torch.randn(latents.shape, generator=gen)
         if offset:
             noise = noise + offset * torch.randn((B, c) + (1,) * (latents.ndim - 2), generator=gen)

@@ -143,6 +143,7 @@ def _from_scratch(cfg, work: Path) -> EMOModel:
         config = tiny_config()
         if cfg.resolution and cfg.resolution != config.resolution:
             config.resolution = cfg.resolution
+        config.speed = None  # stage 3 adds speed layers with buckets placed on the data's speeds
         torch.manual_seed(cfg.seed)
         model = EMOModel(config)
         _attach_tiny_parts(model, cfg, work)
@@ -181,18 +182,25 @@ def _audio_widths(model: EMOModel) -> dict:
             if AUDIO in k and k.endswith("proj_in.weight")}
 
 
+SPEED_TOKENS = 1
+
+
 def with_speed_layers(model: EMOModel, speeds: np.ndarray) -> EMOModel:
     """A copy of `model` with EMO's speed layers (zero-initialised attention output: no change at first).
     Buckets: 8 centres evenly over the 5-95 % range of the data's speeds (deg/frame), radius = their spacing
-    (EMO publishes neither); the default speed value becomes the data's median."""
+    (EMO publishes neither); 8 phase buckets over 0 .. (95 % speed x frames per clip) degrees turned since the clip
+    began, frame-local attention (`speed_layers.py`); the default speed value becomes the data's median."""
     config = copy.deepcopy(model.config)
     lo, hi = np.quantile(speeds, [0.05, 0.95]) if len(speeds) else (0.0, 1.0)
     hi = max(hi, lo + 0.1)
     centers = np.linspace(lo, hi, 8)
     step = float(centers[1] - centers[0])
     width = config.unet["cross_attention_dim"]
+    span = hi * max(1, config.frames_per_clip)  # the phase (degrees turned since the clip began) buckets
+    phases = np.linspace(0.0, span, 8)
     config.speed = dict(centers=[float(c) for c in centers], radii=[step] * 8, window=2, dim=width,
-                        hidden=min(512, 4 * width))
+                        hidden=min(512, 4 * width), phase_centers=[float(c) for c in phases],
+                        phase_radii=[float(phases[1] - phases[0])] * 8, tokens=SPEED_TOKENS)
     config.speed_value = float(np.median(speeds)) if len(speeds) else 1.0
     new = EMOModel(config, _audio_widths(model))
     missing, unexpected = new.load_state_dict(

@@ -12,8 +12,10 @@ made here in Python, and heads that turn (roll) at known speeds. Written as ordi
 * Faces (`face_style`, `draw_face`): per identity a head ellipse (aspect ratio), skin, hair, background and eye
   colours, eye spacing and size, mouth width. The mouth is a dark ellipse (height grows with the opening); eyes and
   mouth are the only dark parts of a face (`metrics.mouth_opening_from_frames` relies on this).
-* Head motion (`roll_track`): in-plane rotation (roll) about the head's centre, back and forth between
-  +-ROLL_AMPLITUDE degrees at a constant |speed| in degrees per frame.
+* Head motion (`roll_track`): in-plane rotation (roll) about the head's centre at a constant |speed| in degrees per
+  frame: "swing", back and forth between +-ROLL_AMPLITUDE degrees, or "sweep", one way from -SWEEP_AMPLITUDE to
+  +SWEEP_AMPLITUDE (the learning check's: a first clip that starts still then has one way to turn, which a tiny
+  model trained for minutes can learn; the swing's coin toss between two ways is left to real models and data).
 
 Frames: uint8 [H, W, 3] RGB, square (size x size px).
 """
@@ -30,6 +32,7 @@ from scipy.signal import lfilter
 SAMPLE_RATE = 16000
 RMS_FULL = 0.35          # frame RMS at which the mouth is fully open
 ROLL_AMPLITUDE = 14.0    # degrees: heads turn back and forth between +- this
+SWEEP_AMPLITUDE = 40.0   # degrees: a sweeping head turns from -this to +this (then its video ends)
 VOWELS = {"a": (730, 1090, 2440), "e": (530, 1840, 2480), "i": (270, 2290, 3010), "o": (570, 840, 2410),
           "u": (300, 870, 2240)}
 BANDWIDTHS = (90, 110, 170)  # Hz, of the three formants
@@ -170,14 +173,27 @@ def draw_face(style: FaceStyle, size: int, opening: float, roll: float = 0.0) ->
     return cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
 
 
-def roll_track(num_frames: int, speed: float, amplitude: float = ROLL_AMPLITUDE, phase: float = 0.0) -> np.ndarray:
-    """Roll angles (degrees) [num_frames]: back and forth between +-amplitude at |d roll / d frame| = speed
-    (degrees per frame) except at the turning points. phase 0..1 picks where in the swing frame 0 is."""
+def roll_track(num_frames: int, speed: float, amplitude: float = ROLL_AMPLITUDE, phase: float = 0.0,
+               motion: str = "swing") -> np.ndarray:
+    """Roll angles (degrees) [num_frames] at |d roll / d frame| = speed (degrees per frame).
+    motion "swing": back and forth between +-amplitude (a triangle wave; the speed holds except at the turning
+    points), phase 0..1 picks where in the swing frame 0 is. "sweep": one way only, counter-clockwise from
+    -amplitude (phase 0) on, so a clip that starts still has one way to go (`sweep_frames`: how many frames stay
+    within +-amplitude)."""
     if speed <= 0:
         return np.zeros(num_frames)
+    if motion == "sweep":
+        return amplitude * (2 * phase - 1) + speed * np.arange(num_frames)
+    if motion != "swing":
+        raise ValueError(f"motion is 'swing' or 'sweep' (got {motion!r})")
     period = 4 * amplitude / speed
     u = (np.arange(num_frames) / period + phase) % 1.0
     return amplitude * (4 * np.abs(u - 0.5) - 1)  # triangle wave, slope 4*amplitude/period = speed
+
+
+def sweep_frames(speed: float, amplitude: float = SWEEP_AMPLITUDE) -> int:
+    """Frames of a sweep from -amplitude to +amplitude at `speed` degrees per frame."""
+    return int(2 * amplitude / speed) + 1
 
 
 # ----------------------------------------------------------------------------- videos
@@ -188,15 +204,20 @@ def frame_loudness(waveform: np.ndarray, num_frames: int, fps: float, sr: int = 
 
 
 def talking_video(path, identity: int, speaker: int, seconds: float, fps: int = 25, size: int = 96,
-                  speed: float = 0.0, seed: int = 0, phase: float = 0.0) -> dict:
+                  speed: float = 0.0, seed: int = 0, phase: float = 0.0, motion: str = "swing") -> dict:
     """Write a drawn talking face to `path` (mp4, H.264 + AAC, 16 kHz mono speech). Returns what was drawn:
     {"opening" [T], "roll" [T] degrees, "speed" deg/frame, "loudness" [T], "waveform", "fps", "frames" T}."""
     from ..media.video import VideoWriter
-    wave = synth_speech(seconds, speaker=speaker, seed=seed)
     t = int(math.floor(seconds * fps))
+    amplitude = ROLL_AMPLITUDE
+    if motion == "sweep" and speed > 0:  # the video ends when the head reaches +SWEEP_AMPLITUDE
+        amplitude = SWEEP_AMPLITUDE
+        t = min(t, sweep_frames(speed))
+        seconds = t / fps
+    wave = synth_speech(seconds, speaker=speaker, seed=seed)
     loud = frame_loudness(wave, t, fps)
     opening = mouth_opening(loud)
-    roll = roll_track(t, speed, phase=phase)
+    roll = roll_track(t, speed, amplitude, phase=phase, motion=motion)
     style = face_style(identity)
     with VideoWriter(path, fps, audio=wave, sample_rate=SAMPLE_RATE, crf=16) as w:
         for i in range(0, t, 25):
@@ -206,7 +227,8 @@ def talking_video(path, identity: int, speaker: int, seconds: float, fps: int = 
 
 
 def make_synthetic_set(folder, identities=range(6), speeds=(0.0, 0.5, 1.0, 2.0, 3.0), seconds: float = 8.0,
-                       fps: int = 25, size: int = 96, moving_seconds: float | None = None) -> dict:
+                       fps: int = 25, size: int = 96, moving_seconds: float | None = None,
+                       motion: str = "swing", sweeps: int = 1) -> dict:
     """The learning check's training videos in `folder`: `talk_IDxx.mp4` (one per identity, still head, each with its
     own voice) and `move_IDxx_S.mp4` (identities taking turns, one per speed in `speeds` deg/frame, also talking).
     Returns {file name: talking_video's dict}."""
@@ -217,10 +239,11 @@ def make_synthetic_set(folder, identities=range(6), speeds=(0.0, 0.5, 1.0, 2.0, 
     for k, i in enumerate(ids):
         out[f"talk_ID{i:02d}.mp4"] = talking_video(folder / f"talk_ID{i:02d}.mp4", i, i, seconds, fps, size, seed=1)
     for k, s in enumerate(speeds):
-        i = ids[k % len(ids)]
-        name = f"move_ID{i:02d}_{s:g}.mp4".replace(".", "p", s != int(s))
-        out[name] = talking_video(folder / name, i, i, moving_seconds or seconds, fps, size, speed=s, seed=2 + k,
-                                  phase=0.25)
+        for j in range(sweeps if motion == "sweep" and s > 0 else 1):
+            i = ids[(k + j * len(speeds)) % len(ids)]
+            name = f"move_ID{i:02d}_{s:g}".replace(".", "p") + (f"_{j}" if j else "") + ".mp4"
+            out[name] = talking_video(folder / name, i, i, moving_seconds or seconds, fps, size, speed=s,
+                                      seed=2 + k + 100 * j, phase=0.25 if motion == "swing" else 0.0, motion=motion)
     return out
 
 

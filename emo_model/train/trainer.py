@@ -23,7 +23,7 @@ from ..errors import EMOError, EMOInputError
 from ..formats.load import save_native
 from . import checkpointing
 from .audio_features import AudioFeatures
-from .batches import draw, make_batch, read_samples
+from .batches import draw, make_batch, read_samples, speed_balance
 from .config import TrainConfig
 from .forward import denoise
 from .losses import NoiseSchedule
@@ -159,8 +159,11 @@ def run(cfg: TrainConfig, dataset=None, on_step=None) -> dict:
     t0 = time.perf_counter()
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
+    weights = None
+    if cfg.stage == 3 and cfg.balance_speed and model.speed_encoder is not None:
+        weights = speed_balance(ds, model.speed_encoder.centers.tolist())
     for step in range(start, cfg.steps):
-        d = draw(cfg, schedule, len(ds), global_batch, model.config.latent_size, step)
+        d = draw(cfg, schedule, len(ds), global_batch, model.config.latent_size, step, weights)
         samples = read_samples(ds, cfg, step, d.indices[lo:lo + cfg.batch], lo)
         batch = make_batch(model, cfg, samples, d, lo, audio, cfg.stage)
         lr = learning_rate(cfg, step)

@@ -48,10 +48,11 @@ def _lips(side):
     return [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]
 
 
-@pytest.mark.parametrize("speed", [0.5, 1.0, 2.0, 3.0])
-def test_drawn_head_rotating_at_a_known_rate_is_measured_within_25_percent(speed):
+@pytest.mark.parametrize("speed,motion", [(0.5, "swing"), (1.0, "swing"), (2.0, "swing"), (3.0, "swing"),
+                                          (1.0, "sweep"), (3.0, "sweep")])
+def test_drawn_head_rotating_at_a_known_rate_is_measured_within_25_percent(speed, motion):
     T = 40
-    roll = s.roll_track(T, speed, phase=0.3)
+    roll = s.roll_track(T, speed, 14.0 if motion == "swing" else 3 * speed, phase=0.3, motion=motion)
     op = s.mouth_opening(np.abs(np.sin(np.arange(T) * 0.7)) * 0.3)  # the mouth moves too
     st = s.face_style(4)
     grays = [cv2.cvtColor(s.draw_face(st, 64, o, r), cv2.COLOR_RGB2GRAY) for o, r in zip(op, roll)]

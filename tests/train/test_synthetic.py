@@ -75,6 +75,19 @@ def test_head_roll_and_motion_measured_from_frames(speed):
     assert np.median(m.head_motion(f)) == pytest.approx(speed, rel=0.3)
 
 
+def test_sweeping_head_turns_one_way_at_its_speed_and_its_video_ends_at_the_far_side(tmp_path):
+    roll = s.roll_track(40, 2.0, 40.0, motion="sweep")
+    assert roll[0] == -40.0
+    np.testing.assert_allclose(np.diff(roll), 2.0)  # counter-clockwise, every frame, no turning points
+    f = _frames(2, np.full(40, 0.3), roll)
+    assert np.median(m.head_motion(f)) == pytest.approx(2.0, rel=0.3)
+    d = s.talking_video(tmp_path / "v.mp4", identity=3, speaker=3, seconds=6.0, size=64, speed=2.0, motion="sweep")
+    assert d["frames"] == s.sweep_frames(2.0) == 41 and abs(d["roll"][-1] - s.SWEEP_AMPLITUDE) < 1e-9
+    assert len(d["waveform"]) == pytest.approx(41 / 25 * 16000, abs=1)
+    with pytest.raises(ValueError, match="swing"):
+        s.roll_track(5, 1.0, motion="nod")
+
+
 def test_rank_correlation():
     assert m.speed_rank_r([0, 1, 2, 3], [0.1, 0.5, 0.7, 2]) == pytest.approx(1.0)
     assert m.speed_rank_r([0, 1, 2, 3], [2, 1, 0.5, 0.1]) == pytest.approx(-1.0)

@@ -37,6 +37,9 @@ class TinyTalkingSet:
     def __len__(self):
         return len(self.videos)
 
+    def video_speeds(self):
+        return [v["speed"] for v in self.videos]
+
     def all_speeds(self):
         return torch.cat([v["speed"] for v in self.videos]).numpy()
 

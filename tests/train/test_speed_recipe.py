@@ -1,0 +1,73 @@
+"""Stage 3's recipe for the speed layers: buckets placed on the data's speeds (also for a model started from `tiny`),
+videos drawn evenly over the buckets, and first clips that start still at the reference's pose (the sampler's first
+clip), where the speed is the only cue to how fast the head turns."""
+import numpy as np
+import pytest
+import torch
+
+from emo_model.train.batches import draw, make_batch, read_samples, speed_balance
+from emo_model.train.config import TrainConfig
+from emo_model.train.forward import encode_pixels
+from emo_model.train.losses import NoiseSchedule
+from emo_model.train.stages import build_model
+from emo_model.train.trainer import run_stage
+
+
+def test_a_model_from_tiny_gets_its_speed_buckets_from_the_data_in_stage_3(tmp_path, tiny_set):
+    ds = tiny_set(videos=3)  # speeds 0, 1, 2 deg/frame
+    r = run_stage(1, "memory", "tiny", tmp_path / "s1", 1, dataset=ds, batch=2, device="cpu", save_every=10)
+    cfg1 = TrainConfig(stage=1, data="memory", init="tiny", out=str(tmp_path / "x"), steps=1)
+    assert build_model(cfg1, tmp_path / "w1").speed_encoder is None  # stages 1-2: no speed layers yet
+    cfg3 = TrainConfig(stage=3, data="memory", init=str(r["model"]), out=str(tmp_path / "y"), steps=1, frames=2,
+                       motion_frames=1)
+    speeds = np.array([0.0] * 20 + [1.0] * 20 + [3.0] * 20)
+    m = build_model(cfg3, tmp_path / "w3", speeds)
+    c = m.speed_encoder.centers
+    assert float(c[0]) == pytest.approx(0.0) and float(c[-1]) == pytest.approx(3.0)  # 5-95 % of the data's speeds
+    assert m.config.speed_value == pytest.approx(1.0)                                 # its median
+    p = m.speed_encoder.phase_centers  # degrees turned since the clip began: up to 95 % speed x frames per clip
+    assert float(p[0]) == 0.0 and float(p[-1]) == pytest.approx(3.0 * 2)
+
+
+def test_speed_balance_draws_each_bucket_as_often(tiny_set):
+    ds = tiny_set(videos=4)
+    for v, sp in zip(ds.videos, [0.0, 0.1, 0.0, 3.0]):  # three slow videos, one fast
+        v["speed"][:] = sp
+    w = speed_balance(ds, [0.0, 1.0, 2.0, 3.0])
+    np.testing.assert_allclose(w.numpy(), [1 / 3, 1 / 3, 1 / 3, 1.0])
+    cfg = TrainConfig(stage=3, data="memory", init="x", out="y", frames=2, motion_frames=1)
+    sched = NoiseSchedule(dict(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
+                               beta_end=0.012, prediction_type="epsilon"))
+    picks = np.concatenate([draw(cfg, sched, len(ds), 8, 8, k, w).indices for k in range(100)])
+    assert 0.4 < np.mean(picks == 3) < 0.6            # uniform drawing would give 0.25
+    plain = np.concatenate([draw(cfg, sched, len(ds), 8, 8, k).indices for k in range(100)])
+    assert 0.15 < np.mean(plain == 3) < 0.35
+    for v in ds.videos:
+        v["speed"][:] = 0.0
+    assert speed_balance(ds, [0.0, 1.0]) is None      # one bucket: nothing to balance
+    assert TrainConfig(stage=3, data="m", init="x", out="y").balance_speed
+    assert not TrainConfig(stage=2, data="m", init="x", out="y").balance_speed
+
+
+@pytest.mark.parametrize("start", ["hold", "reference"])
+def test_a_first_clip_starts_still_at_the_frame_before_its_targets(tmp_path, tiny_set, tiny_model, start):
+    from emo_model import load_model
+    model = load_model(tiny_model).float()
+    assert model.config.first_clip_motion == "reference"
+    ds = tiny_set(frames=2, motion_frames=2, videos=2, length=24)
+    cfg = TrainConfig(stage=3, data="memory", init=str(tiny_model), out=str(tmp_path), frames=2, motion_frames=2,
+                      batch=2, first_clip=1.0, drop_reference=0.0, first_clip_start=start)
+    assert TrainConfig(stage=3, data="m", init="x", out="y").first_clip == 0.5  # stage 3's default
+    sched = NoiseSchedule(model.config.scheduler)
+    d = draw(cfg, sched, len(ds), 2, model.config.latent_size, 0)
+    samples = read_samples(ds, cfg, 0, d.indices)
+    b = make_batch(model, cfg, samples, d, 0, None, 3)
+    for k, s in enumerate(samples):
+        before = encode_pixels(model, s["pixels"][1:2])[0]          # the frame just before the targets
+        own_ref = encode_pixels(model, s["reference"][None])[0]
+        want = before if start == "hold" else own_ref
+        torch.testing.assert_close(b.reference[k], want, rtol=1e-4, atol=1e-5)
+        for j in range(2):  # every motion frame is that still picture
+            torch.testing.assert_close(b.motion[k, j], want, rtol=1e-4, atol=1e-5)
+    with pytest.raises(Exception, match="hold"):
+        TrainConfig(stage=3, data="m", init="x", out="y", first_clip_start="previous")
