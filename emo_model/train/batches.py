@@ -42,7 +42,7 @@ def draw(cfg, schedule, num_samples: int, global_batch: int, latent_size: int, s
     drops = torch.rand(2, generator=g)
     first = torch.rand(global_batch, generator=g) < cfg.first_clip
     shape = torch.zeros(global_batch, 4, cfg.frames, latent_size, latent_size)
-    t, noise = schedule.sample(shape, g, cfg.noise_offset, getattr(cfg, "timesteps", "uniform"))
+    t, noise = schedule.sample(shape, g, cfg.noise_offset, cfg.timesteps)
     return StepDraws(indices, bool(drops[0] >= cfg.drop_reference), bool(drops[1] >= cfg.drop_audio), first, t, noise)
 
 

@@ -43,7 +43,8 @@ class TrainConfig:
     # Loss and noise (training.md §2)
     snr_gamma: float | None = 5.0      # min-SNR weighting; None: plain mean
     noise_offset: float = 0.05         # offset noise, per sample and channel, shared over frames
-    timesteps: str = "uniform"         # "uniform", or "late": more of the noisiest steps (NoiseSchedule.sample)
+    timesteps: str | None = None       # "uniform", or "late": more of the noisiest steps, where a clip's pose and
+                                       # motion are decided (NoiseSchedule.sample); stage default (stage 3: late)
     # Conditioning dropout: whole batch, one draw per step (as Hallo)
     drop_reference: float | None = None  # no reference (+ face locator, identity, motion frames); stage default
     drop_audio: float = 0.05           # audio tokens zeroed (after the projection, as the sampler's uncond)
@@ -79,6 +80,8 @@ class TrainConfig:
         self.drop_reference = drop if self.drop_reference is None else float(self.drop_reference)
         self.first_clip = FIRST_CLIP[self.stage] if self.first_clip is None else float(self.first_clip)
         self.balance_speed = self.stage == 3 if self.balance_speed is None else bool(self.balance_speed)
+        if self.timesteps is None:
+            self.timesteps = "late" if self.stage == 3 else "uniform"
         if self.timesteps not in ("uniform", "late"):
             raise EMOInputError(f"timesteps is 'uniform' or 'late' (got {self.timesteps!r})")
         if self.first_clip_start not in ("hold", "reference"):

@@ -71,3 +71,15 @@ def test_a_first_clip_starts_still_at_the_frame_before_its_targets(tmp_path, tin
             torch.testing.assert_close(b.motion[k, j], want, rtol=1e-4, atol=1e-5)
     with pytest.raises(Exception, match="hold"):
         TrainConfig(stage=3, data="m", init="x", out="y", first_clip_start="previous")
+
+
+def test_stage_3_draws_more_of_the_noisiest_timesteps():
+    sched = NoiseSchedule(dict(num_train_timesteps=1000, beta_schedule="linear", beta_start=0.00085, beta_end=0.012,
+                               prediction_type="v_prediction", rescale_betas_zero_snr=True))
+    lat = torch.zeros(4000, 4, 1, 1, 1)
+    late, _ = sched.sample(lat, torch.Generator().manual_seed(0), 0.0, "late")
+    flat, _ = sched.sample(lat, torch.Generator().manual_seed(0), 0.0)
+    assert late.min() >= 0 and late.max() <= 999
+    assert abs(late.float().mean() - 666) < 20 and abs(flat.float().mean() - 500) < 20  # density rising linearly
+    assert TrainConfig(stage=3, data="m", init="x", out="y").timesteps == "late"
+    assert TrainConfig(stage=2, data="m", init="x", out="y").timesteps == "uniform"
