@@ -5,7 +5,8 @@
     python benchmarks/learning_check.py --videos DIR --heldout DIR --out DIR [--whole-frame]
 
 1. data: `emo_model.train.synthetic` draws talking faces whose mouth opening follows the loudness of speech made in
-   Python (one identity and voice per video) and heads that turn at known speeds (degrees per frame); held-out pairs
+   Python (one identity and voice per video) and heads that turn at known speeds (degrees per frame; `--motion
+   sweep`, the default: one way, so a clip that starts still has one way to turn); held-out pairs
    NAME.wav + NAME_ref.png are an unseen voice and an unseen face. `--videos/--heldout` take your own instead.
 2. `prepare-data` (the same code as the CLI) at 64 px (`--whole-frame` for the drawn faces).
 3. a tiny VAE trained on those frames (`emo_model.train.tiny_vae`), so latents can be seen in pixels again.

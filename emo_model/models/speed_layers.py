@@ -6,7 +6,7 @@ F_i in R^l (EMO §3.2). The paper does not publish d, c_j or r_j; they live in t
 
 Phase (this pack's models trained by `train --stage 3`; config `speed.phase_centers`): F_i also sees how far the head
 has turned since the clip began, phi_i = w_0 + ... + w_i degrees, as buckets tanh(3 (phi_i - p_k) / q_k), and each
-frame attends to its own features only (`forward` gives [b, f, 1, l]). A speed that is the same on every frame of a
+frame attends to its own features only (`forward` gives [b, f, tokens, l]). A speed that is the same on every frame of a
 clip gives every frame the same features otherwise, one vector added to all frames alike, from which the temporal
 layers would have to build a turn that grows frame by frame; with the phase each frame is told how far it is turned
 (as the audio layers tell each frame its sound). Without phase buckets: the paper's layout, [b, f, l] attended by

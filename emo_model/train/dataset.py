@@ -111,8 +111,14 @@ class EMODataset(Dataset):
         return self._meta[v]
 
     def video_speeds(self) -> list[torch.Tensor]:
-        """Per-frame head speed (deg/frame) of each video, in video order (item i belongs to video i % V)."""
-        return [torch.as_tensor(self.meta(v)["speed"]) for v in range(len(self.entries))]
+        """Per-frame head speed (deg/frame) of each video, in video order (item i belongs to video i % V). Read
+        alone from each meta file (not through `meta`, which also loads and keeps the video's waveform)."""
+        from safetensors import safe_open
+        out = []
+        for e in self.entries:
+            with safe_open(str(self.data / e.meta), framework="pt") as f:
+                out.append(f.get_tensor("speed"))
+        return out
 
     def frames(self, v: int, indices) -> np.ndarray:
         e = self.entries[v]

@@ -182,7 +182,7 @@ def _audio_widths(model: EMOModel) -> dict:
             if AUDIO in k and k.endswith("proj_in.weight")}
 
 
-SPEED_TOKENS = 1
+SPEED_TOKENS = 1  # speed tokens per frame (4 measured no better on the learning check: benchmarks/README.md)
 
 
 def with_speed_layers(model: EMOModel, speeds: np.ndarray) -> EMOModel:

@@ -14,8 +14,8 @@ made here in Python, and heads that turn (roll) at known speeds. Written as ordi
   mouth are the only dark parts of a face (`metrics.mouth_opening_from_frames` relies on this).
 * Head motion (`roll_track`): in-plane rotation (roll) about the head's centre at a constant |speed| in degrees per
   frame: "swing", back and forth between +-ROLL_AMPLITUDE degrees, or "sweep", one way from -SWEEP_AMPLITUDE to
-  +SWEEP_AMPLITUDE (the learning check's: a first clip that starts still then has one way to turn, which a tiny
-  model trained for minutes can learn; the swing's coin toss between two ways is left to real models and data).
+  +SWEEP_AMPLITUDE (the learning check's default: a first clip that starts still then has one way to turn, not a
+  coin toss between two).
 
 Frames: uint8 [H, W, 3] RGB, square (size x size px).
 """
@@ -205,7 +205,9 @@ def frame_loudness(waveform: np.ndarray, num_frames: int, fps: float, sr: int = 
 
 def talking_video(path, identity: int, speaker: int, seconds: float, fps: int = 25, size: int = 96,
                   speed: float = 0.0, seed: int = 0, phase: float = 0.0, motion: str = "swing") -> dict:
-    """Write a drawn talking face to `path` (mp4, H.264 + AAC, 16 kHz mono speech). Returns what was drawn:
+    """Write a drawn talking face to `path` (mp4, H.264 + AAC, 16 kHz mono speech); the head turns at `speed`
+    deg/frame as `roll_track`'s `motion` (a "sweep" video ends when the head reaches +SWEEP_AMPLITUDE, however
+    long `seconds` is). Returns what was drawn:
     {"opening" [T], "roll" [T] degrees, "speed" deg/frame, "loudness" [T], "waveform", "fps", "frames" T}."""
     from ..media.video import VideoWriter
     t = int(math.floor(seconds * fps))
@@ -230,8 +232,9 @@ def make_synthetic_set(folder, identities=range(6), speeds=(0.0, 0.5, 1.0, 2.0, 
                        fps: int = 25, size: int = 96, moving_seconds: float | None = None,
                        motion: str = "swing", sweeps: int = 1) -> dict:
     """The learning check's training videos in `folder`: `talk_IDxx.mp4` (one per identity, still head, each with its
-    own voice) and `move_IDxx_S.mp4` (identities taking turns, one per speed in `speeds` deg/frame, also talking).
-    Returns {file name: talking_video's dict}."""
+    own voice) and `move_IDxx_S.mp4` (identities taking turns, one per speed in `speeds` deg/frame, also talking;
+    heads `motion` "swing" or "sweep" (`roll_track`); a sweeping head's video ends at the far side, so each speed
+    above 0 gets `sweeps` of them). Returns {file name: talking_video's dict}."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     out = {}

@@ -225,6 +225,9 @@ def test_dataset_windows_match_the_prepared_frames(prepared):
     batch = EMODataset.collate([ds[0], ds[1]])
     assert batch["pixels"].shape == (2, 16, 3, R, R) and batch["speed"].shape == (2, 12)
     assert len(batch["waveform"]) == 2 and batch["video"].shape == (2,)
+    speeds = ds.video_speeds()  # per video, for stage 3's balanced drawing
+    assert len(speeds) == 2 and all(torch.equal(sp, load_file(str(data / e.meta))["speed"])
+                                    for sp, e in zip(speeds, ds.entries))
 
 
 def test_dataset_stage1_resize_seek_and_errors(prepared):
