@@ -14,8 +14,9 @@
    starting from stage N's native model; stage 2 is trained in chunks and the held-out lip sync is measured after
    each (the r-against-steps curve).
 5. renders with `emo_model.render.render` (the same sampler and framing as `python -m emo_model render`,
-   `whole_image` like the training data): NAME.mp4 for every pair; for the first two pairs (name order)
-   NAME_speed{0..4}.mp4 at five speeds from the 5th to the 95th percentile of the training data's head speed.
+   `whole_image` like the training data, and the model's own speed guidance, which stage 3 wrote into its config):
+   NAME.mp4 for every pair; for the first two pairs (name order) NAME_speed{0..4}.mp4 at five speeds from the 5th
+   to the 95th percentile of the training data's head speed.
 6. metrics (`emo_model.train.metrics`): lip-sync r = Pearson r between the mouth opening measured in the output and
    the loudness of NAME.wav per frame (lag tolerance +-1 frame); the same with the audio replaced by silence (it
    must collapse); Spearman rank correlation between requested speed and head motion measured in the output, and

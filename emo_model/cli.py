@@ -145,6 +145,7 @@ def cmd_render(a) -> int:
                    detector_file=a.detector_file, face_index=a.face_index, margin=a.margin,
                    whole_image=_whole_image(a), identity=a.identity, pose=a.pose,
                    region_weights=(a.pose_weight, a.face_weight, a.lip_weight), motion_drop=a.motion_drop,
+                   speed_cfg=a.speed_cfg,
                    progress=progress,
                    overwrite=a.overwrite)
     finally:
@@ -193,6 +194,9 @@ def main(argv=None) -> int:
     r.add_argument("--audio-cfg", type=float, help="audio guidance scale (1.0 = off)")
     r.add_argument("--ref-cfg", type=float, help="reference guidance scale (1.0 = off)")
     r.add_argument("--speed", type=float, help="head-motion speed (checkpoints with speed layers; talking 0.1-1.0, singing 1.0-1.3)")
+    r.add_argument("--speed-cfg", type=float,
+                   help="speed guidance (checkpoints with speed layers): above 1 the head follows --speed more "
+                        "strongly, relative to a still head; 1 = off (default: the checkpoint's)")
     for region, what in (("pose", "background / head pose"), ("face", "face (expression)"), ("lip", "lips")):
         r.add_argument(f"--{region}-weight", type=float, default=1.0,
                        help=f"Hallo: weight of the audio in the {what} region (Hallo's {region}_weight)")

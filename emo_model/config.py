@@ -84,7 +84,8 @@ class EMOConfig:
     audio_cfg: float = 3.5
     ref_cfg: float = 3.5
     fps: float = 25.0
-    speed_value: float = 1.0
+    speed_value: float = 1.0                # head-motion speed, deg/frame (models with speed layers)
+    speed_cfg: float = 1.0                  # speed guidance (sampling/guidance.py); 1.0 = off
     # Trained on whole-frame data (`prepare-data --whole-frame`: already framed faces, e.g. cartoons): render frames
     # the whole picture (centred square) without face detection unless told otherwise (`sampling.reference`).
     whole_frame: bool = False

@@ -24,7 +24,8 @@ from .media.video import VideoWriter, check_output_path
 def render(model, image, audio, out, *, steps=None, seed=0, fps=None, audio_cfg=None, ref_cfg=None, speed=None,
            frames_per_clip=None, motion_frames=None, framing="full", detector="auto", detector_file=None,
            face_index=0, margin=0.5, whole_image=None, face_mask=None, identity="auto", pose=None,
-           region_weights=(1.0, 1.0, 1.0), motion_drop=None, progress=None, overwrite=False) -> dict:
+           region_weights=(1.0, 1.0, 1.0), motion_drop=None, speed_cfg=None, progress=None,
+           overwrite=False) -> dict:
     """model: a loaded EMOModel; image: path, "example" (scikit-image's astronaut) or uint8 [H, W, 3];
     audio: path or (waveform [channels, samples], sample_rate); out: the .mp4 to write. framing: "full" pastes the
     animated face back into the picture, "crop" writes the square crop. whole_image: True = no face detection, the
@@ -35,7 +36,8 @@ def render(model, image, audio, out, *, steps=None, seed=0, fps=None, audio_cfg=
     (EchoMimic `_pose` models): EchoMimic's pose folder, a .npy of landmarks, a folder of drawn frames or a video of
     them (`pose_frames.load_pose_frames`). region_weights (Hallo): (pose, face, lip) weights of the audio in the
     background, face and lip regions. motion_drop: the motion-frame pixel drop (None: the checkpoint's, Hallo2 0.25,
-    others 0). progress(SampleProgress) is called per step.
+    others 0). speed_cfg: speed guidance for models with speed layers (None: the checkpoint's; 1 = off; see
+    sampling/guidance.py). progress(SampleProgress) is called per step.
     overwrite: replace a file at `out` (else it is kept and the video takes the next free name, `out_2.mp4`); the
     video appears under its name only once complete, and a failed or interrupted render leaves nothing
     (`media.video.VideoWriter`). Returns a summary dict (frames, fps, seconds, size, out: the path written)."""
@@ -72,7 +74,7 @@ def render(model, image, audio, out, *, steps=None, seed=0, fps=None, audio_cfg=
         for clip in pipe.sample(enc_audio, ref, steps=steps, seed=seed, audio_cfg=audio_cfg, ref_cfg=ref_cfg,
                                 speed=speed, frames_per_clip=frames_per_clip, motion_frames=motion_frames,
                                 region_weights=tuple(region_weights), callback=progress,
-                                motion_drop=motion_drop):
+                                motion_drop=motion_drop, speed_cfg=speed_cfg):
             pending.append(worker.submit(emit, clip))
             while len(pending) > 1:
                 pending.popleft().result()  # raises the worker's error, if any

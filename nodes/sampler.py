@@ -102,6 +102,11 @@ class EMOSampler(io.ComfyNode):
                                        "long-video trick: the next clip leans less on the last frames, so long "
                                        "videos drift less). -1 = auto: the checkpoint's own (Hallo2 0.25; Hallo, "
                                        "EMO 0 = off); 0 = off. EchoMimic (context windows) ignores it."),
+                io.Float.Input("speed_cfg", default=AUTO, min=0.0, max=20.0, step=0.1, round=0.01, optional=True,
+                               tooltip="Speed guidance, checkpoints with speed layers only: above 1 the head "
+                                       "follows head_motion_speed more strongly (compared with a still head); 1 "
+                                       "turns it off. 0 = auto: the checkpoint's own (models trained with this pack "
+                                       "say theirs; others 1 = off). Hallo and EchoMimic ignore it."),
             ],
             outputs=[
                 io.Image.Output(display_name="frames", tooltip="The video frames, IMAGE [frames, H, W, 3] 0..1."),
@@ -120,7 +125,7 @@ class EMOSampler(io.ComfyNode):
     @classmethod
     def execute(cls, emo_model, encoded_audio, reference, seed, steps, audio_cfg, reference_cfg,
                 head_motion_speed, frames_per_clip, motion_frames, pose_weight=1.0, face_weight=1.0, lip_weight=1.0,
-                motion_drop=AUTO_DROP):
+                motion_drop=AUTO_DROP, speed_cfg=AUTO):
         bundle = emo_model
         config = bundle.model.config
         chosen = config.sampling(steps=steps or None, audio_cfg=audio_cfg or None, ref_cfg=reference_cfg or None)
@@ -128,6 +133,8 @@ class EMOSampler(io.ComfyNode):
             log.info("EMO Sampler: auto settings of the checkpoint: %d steps, audio CFG %g, reference CFG %g",
                      chosen.steps, chosen.audio_cfg, chosen.ref_cfg)
         speed = head_motion_speed if getattr(config, "speed", None) else None
+        if speed is not None and speed_cfg == AUTO and getattr(config, "speed_cfg", 1.0) != 1.0:
+            log.info("EMO Sampler: auto speed guidance of the checkpoint: %g", config.speed_cfg)
         fpc = frames_per_clip or None
         mf = None if motion_frames < 0 else motion_frames
         drop = None if motion_drop < 0 else motion_drop
@@ -164,7 +171,8 @@ class EMOSampler(io.ComfyNode):
                                                audio_cfg=chosen.audio_cfg, ref_cfg=chosen.ref_cfg, speed=speed,
                                                frames_per_clip=fpc, motion_frames=mf,
                                                region_weights=(pose_weight, face_weight, lip_weight),
-                                               callback=on_step, motion_drop=drop):
+                                               callback=on_step, motion_drop=drop,
+                                               speed_cfg=(speed_cfg or None) if speed is not None else None):
                 if stream is not None:
                     stream.write(clip)
                 if want_images:

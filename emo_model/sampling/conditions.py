@@ -111,13 +111,17 @@ class ConditionCache:
 
     # ------------------------------------------------------------------ speed layers, region masks
     def speed(self, f: int) -> torch.Tensor | None:
-        """Speed features [B, f, l] ([B, f, 1, l] with phase buckets) of a clip or window of f frames at the run's
-        speed, or None without speed layers."""
+        """Speed features [B, f, l] ([B, f, t, l] with phase buckets) of a clip or window of f frames at the run's
+        speed (0 deg/frame for the still pass of speed guidance), or None without speed layers."""
         enc = self.model.speed_encoder
         if enc is None:
             return None
-        feats = self._once(("speed", f), lambda: enc(torch.full((1, f), self.speed_value, device=self.device)))
-        return feats.expand(len(self.passes), *feats.shape[1:])
+        def feats(value):
+            return self._once(("speed", f, value), lambda: enc(torch.full((1, f), value, device=self.device)))
+        if not any(p.still for p, _ in self.passes):
+            one = feats(self.speed_value)
+            return one.expand(len(self.passes), *one.shape[1:])
+        return torch.cat([feats(0.0 if p.still else self.speed_value) for p, _ in self.passes])
 
     def masks(self) -> list | None:
         """Hallo's region masks (full, face, lip) x 4 levels on the device, or None."""

@@ -5,6 +5,14 @@ locator; ref: reference without audio; full: everything):
     out = uncond + s_r (ref - uncond) + s_a (full - ref) = (1 - s_r) uncond + (s_r - s_a) ref + s_a full
 A pass whose weight is zero is not run: s_r = s_a = 1 runs one pass; s_r = 1 skips uncond; s_r = s_a (Hallo's and
 EchoMimic's single scale) skips ref. All passes of a step go through the backbone as one batch.
+
+Speed guidance (models with speed layers; s_v the speed scale, 1.0 = off): one more pass, "still", is the full pass
+with the speed set to 0 deg/frame, and
+    out += (s_v - 1) (full - still)   i.e. the full pass's weight becomes s_a + s_v - 1 and still's 1 - s_v
+so the head turns more (s_v > 1) or less (s_v < 1) than the bare speed features make it, relative to a still head; a
+requested speed of 0 gives the unguided output whatever s_v is. This is classifier-free guidance with "no head motion"
+as the negative condition: small models (the CPU learning check) learn the speed weakly and render it only with
+s_v > 1 (benchmarks/README.md); EMO's paper samples without it.
 """
 from dataclasses import dataclass
 
@@ -21,6 +29,7 @@ class Pass:
     audio: bool          # audio tokens
     face: bool           # face-locator features
     cond_identity: bool  # the identity embedding (else the zero embedding's tokens)
+    still: bool = False  # the speed layers see 0 deg/frame instead of the run's speed (speed guidance)
 
 
 @dataclass
@@ -34,11 +43,14 @@ class SampleProgress:
 
 
 FULL, REF_ONLY, UNCOND = Pass(True, True, True, True), Pass(True, False, True, True), Pass(False, False, False, False)
+STILL = Pass(True, True, True, True, still=True)
 
 
-def guidance_passes(audio_cfg: float, ref_cfg: float) -> list[tuple[Pass, float]]:
-    """The passes to run and their weights (see the module docstring), passes without the reference first."""
-    weights = [(UNCOND, 1.0 - ref_cfg), (REF_ONLY, ref_cfg - audio_cfg), (FULL, audio_cfg)]
+def guidance_passes(audio_cfg: float, ref_cfg: float, speed_cfg: float = 1.0) -> list[tuple[Pass, float]]:
+    """The passes to run and their weights (see the module docstring), passes without the reference first, the
+    full pass last."""
+    weights = [(UNCOND, 1.0 - ref_cfg), (REF_ONLY, ref_cfg - audio_cfg), (STILL, 1.0 - speed_cfg),
+               (FULL, audio_cfg + speed_cfg - 1.0)]
     return [(p, w) for p, w in weights if p is FULL or abs(w) > 1e-8]
 
 

@@ -12,6 +12,7 @@ from .reference import EncodedReference
 
 logger = logging.getLogger(__name__)
 _IGNORED_SAID: list = []
+_IGNORED_SPEED_SAID: list = []
 
 
 @dataclass(frozen=True)
@@ -27,14 +28,16 @@ class SampleSettings:
     region_weights: tuple         # (full/pose, face, lip) audio weights (Hallo)
     passes: tuple[tuple[Pass, float], ...]  # guidance passes and weights
     motion_drop: float = 0.0      # fraction of the motion frames' pixels outside the face box dropped (Hallo2)
+    speed_cfg: float = 1.0        # s_v, speed guidance (see guidance.py); 1.0 = off, and without speed layers
 
 
 def check_inputs(model, audio: EncodedAudio, ref: EncodedReference, steps=None, seed=0, audio_cfg=None,
                  ref_cfg=None, speed=None, frames_per_clip=None, motion_frames=None,
-                 region_weights=(1.0, 1.0, 1.0), motion_drop=None) -> SampleSettings:
+                 region_weights=(1.0, 1.0, 1.0), motion_drop=None, speed_cfg=None) -> SampleSettings:
     """The run's settings (None: the checkpoint's default). motion_drop: the motion-frame pixel drop, 0..1 (None:
     the checkpoint's, Hallo2 0.25, others 0); models without motion frames (EchoMimic's windows) ignore it (said
-    once in the log when set).
+    once in the log when set). speed_cfg: speed guidance, >= 0 (None: the checkpoint's; 1 = off); models without
+    speed layers ignore it (said once in the log when set).
     Raises: EMOInputError naming the setting or input to change."""
     cfg = model.config
     chosen = cfg.sampling(steps=steps, audio_cfg=audio_cfg, ref_cfg=ref_cfg)  # None: the checkpoint's own
@@ -64,9 +67,26 @@ def check_inputs(model, audio: EncodedAudio, ref: EncodedReference, steps=None, 
             raise EMOInputError(f"windows of {min(f, L)} frames exceed the temporal modules' {max_len} "
                                 "positions: lower frames per clip")
     speed = None if model.speed_encoder is None else (cfg.speed_value if speed is None else float(speed))
+    if speed is not None and speed < 0:
+        raise EMOInputError(f"the head-motion speed is in degrees per frame, 0 or more (got {speed:g})")
     drop = _motion_drop(cfg, motion_drop)
+    s_v = _speed_cfg(model, speed, speed_cfg)
     return SampleSettings(steps, int(seed), audio_cfg, ref_cfg, speed, f, n, region_weights,
-                          tuple(guidance_passes(audio_cfg, ref_cfg)), drop)
+                          tuple(guidance_passes(audio_cfg, ref_cfg, s_v)), drop, s_v)
+
+
+def _speed_cfg(model, speed, speed_cfg) -> float:
+    """The run's speed guidance: 1.0 (no still pass) without speed layers or for a speed of 0, where it changes
+    nothing."""
+    s_v = float(getattr(model.config, "speed_cfg", 1.0) if speed_cfg is None else speed_cfg)
+    if not s_v >= 0.0:
+        raise EMOInputError(f"speed_cfg (speed guidance) must be 0 or more, 1 = off (got {speed_cfg})")
+    if model.speed_encoder is None:
+        if speed_cfg is not None and speed_cfg != 1.0 and not _IGNORED_SPEED_SAID:
+            _IGNORED_SPEED_SAID.append(True)
+            logger.info("speed_cfg %g is ignored: this model has no speed layers", speed_cfg)
+        return 1.0
+    return 1.0 if speed == 0 else s_v
 
 
 def _motion_drop(cfg, motion_drop) -> float:

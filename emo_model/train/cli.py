@@ -32,6 +32,10 @@ def add_train_parser(sub) -> None:
     t.add_argument("--gradient-checkpointing", action="store_true",
                    help="recompute each layer in the backward pass instead of keeping its activations: a 512² "
                         "stage-2 run needs a fraction of the memory for about 1.3x the step time (docs/training.md)")
+    t.add_argument("--speed-cfg", type=float,
+                   help="stage 3: the speed guidance the trained model samples with by default (its config; render "
+                        "--speed-cfg and the sampler's speed_cfg override it). 1 = none, EMO's sampler; default "
+                        "4.0, which the learning check's small models need to show the speed")
     t.add_argument("--device", choices=["auto", "cpu"], default="auto")
     t.set_defaults(func=cmd_train)
 
@@ -41,6 +45,8 @@ def cmd_train(a) -> int:
     opts = {k: getattr(a, k) for k in ("batch", "frames", "motion_frames", "resolution", "lr", "save_every", "resume",
                                        "seed", "lora", "motion_module", "vae", "audio_encoder", "mixed_precision",
                                        "gradient_checkpointing", "device")}
+    if a.speed_cfg is not None:
+        opts["speed_cfg"] = a.speed_cfg
     r = run_stage(a.stage, a.data, a.init, a.out, a.steps, **opts)
     if r["model"] or r["lora"]:
         print(f"wrote {r['model'] or r['lora']}")

@@ -14,6 +14,10 @@ from ..errors import EMOInputError
 # Stage -> (frames per clip f, motion frames n, batch per process, reference-dropout rate) when not given.
 STAGE_DEFAULTS = {1: (1, 0, 4, 0.1), 2: (12, 4, 1, 0.05), 3: (12, 4, 1, 0.05)}
 FIRST_CLIP = {1: 0.05, 2: 0.05, 3: 0.5}
+# Speed guidance a stage-3 model samples with by default (its config's `speed_cfg`; sampling/guidance.py). On the
+# learning check's tiny models the speed layers move the head only with guidance (benchmarks/README.md); EMO's
+# sampler has none (1.0), which a run at full size can choose with --speed-cfg 1.
+SPEED_CFG = 4.0
 
 
 @dataclass
@@ -55,6 +59,8 @@ class TrainConfig:
                                        # first clip, which starts at the reference's pose; "reference" = the
                                        # window's own reference (a frame >= 30 frames away)
     balance_speed: bool | None = None  # draw videos evenly over the speed buckets (stage 3 default: yes)
+    speed_cfg: float = SPEED_CFG       # stage 3: the speed guidance written into RUN/model's config (the sampler's
+                                       # default for it; 1.0 = none, EMO's sampler)
     # Optimizer
     weight_decay: float = 1e-2
     adam_betas: tuple = (0.9, 0.999)
@@ -87,6 +93,8 @@ class TrainConfig:
         if self.first_clip_start not in ("hold", "reference"):
             raise EMOInputError(f"first_clip_start is 'hold' or 'reference' (got {self.first_clip_start!r})")
         self.adam_betas = tuple(self.adam_betas)
+        if not float(self.speed_cfg) >= 0.0:
+            raise EMOInputError(f"--speed-cfg must be 0 or more, 1 = no speed guidance (got {self.speed_cfg})")
         for name in ("steps", "batch", "frames", "save_every", "log_every", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise EMOInputError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")

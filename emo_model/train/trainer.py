@@ -113,6 +113,8 @@ def run(cfg: TrainConfig, dataset=None, on_step=None) -> dict:
         model = build_model(cfg, out / "work", speeds)
     model.config.fps = fps
     model.config.whole_frame = whole_frame  # render then frames the whole picture (no face detection)
+    if cfg.stage == 3 and model.speed_encoder is not None:
+        model.config.speed_cfg = float(cfg.speed_cfg)  # the sampler's default speed guidance for this model
     if cfg.frames * cfg.batch < 2 and model.config.latent_size <= 8:
         raise EMOInputError(f"at {model.config.resolution} px the temporal modules' GroupNorm sees one value per "
                             "channel with a single frame: use --batch 2 or more (or a larger --resolution)")

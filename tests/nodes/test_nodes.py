@@ -377,6 +377,26 @@ def test_sampler_motion_drop_widget(comfy, loaded):
     assert dropped.shape == auto.shape and (dropped - auto).abs().max() > 1e-3
 
 
+def test_sampler_speed_cfg_widget(comfy, loaded):
+    """speed_cfg (optional: workflows saved without it get 0 = auto, the checkpoint's own speed guidance): 1 is the
+    same as auto for this model (its config says 1), 3 turns the head more strongly, so the frames change; a
+    checkpoint whose config says 3 samples with 3 on auto."""
+    common = dict(emo_model=loaded.bundle, encoded_audio=loaded.encoded, reference=loaded.ref, seed=0, steps=1,
+                  audio_cfg=1.0, reference_cfg=1.0, head_motion_speed=1.5, frames_per_clip=0, motion_frames=-1)
+    sampler = node(comfy, "EMOSampler")
+    config = loaded.bundle.model.config
+    assert config.speed_cfg == 1.0
+    auto = sampler.execute(**common).args[0]
+    assert torch.equal(sampler.execute(**common, speed_cfg=1.0).args[0], auto)
+    guided = sampler.execute(**common, speed_cfg=3.0).args[0]
+    assert guided.shape == auto.shape and (guided - auto).abs().max() > 1e-3
+    try:
+        config.speed_cfg = 3.0
+        assert torch.equal(sampler.execute(**common).args[0], guided)
+    finally:
+        config.speed_cfg = 1.0
+
+
 def test_load_models_picks_the_echomimic_set(comfy, fixtures):
     """A folder with EchoMimic's standard and accelerated files: the optional echomimic_set widget picks one (auto:
     the standard set); a set whose files are missing is named in the error."""

@@ -76,15 +76,16 @@ def test_half_precision_frames_close_to_fp32(tiny_dir, pipe, dtype):
 
 
 # ---------------------------------------------------------------- guidance passes: batched vs one by one
-@pytest.mark.parametrize("first_clip", [True, False])
-def test_batched_guidance_passes_match_one_by_one(pipe64, first_clip):
+@pytest.mark.parametrize("first_clip,speed_cfg", [(True, 1.0), (False, 1.0), (False, 3.0)])
+def test_batched_guidance_passes_match_one_by_one(pipe64, first_clip, speed_cfg):
     """One backbone call on all passes (what `sample` does) vs one call per pass, each with the conditions of that
-    pass alone; outputs and the guided prediction sum_i w_i out_i agree to 1e-5 (relative to the output's scale)."""
+    pass alone; outputs and the guided prediction sum_i w_i out_i agree to 1e-5 (relative to the output's scale).
+    With speed guidance a fourth pass, still (the full pass at speed 0), joins the batch."""
     pipe = pipe64
     cfg, model = pipe.config, pipe.model
     f, n, s = cfg.frames_per_clip, cfg.motion_frames, cfg.latent_size
-    passes = guidance_passes(2.0, 1.5)  # uncond, ref-only, full
-    assert len(passes) == 3
+    passes = guidance_passes(2.0, 1.5, speed_cfg)  # uncond, ref-only, (still,) full
+    assert len(passes) == (3 if speed_cfg == 1.0 else 4)
     ref = _ref(pipe)
     tokens = pipe.audio_tokens(pipe.encode_audio(_voice(0.4), 16000, 25), f, 2 * f)
     g = torch.Generator().manual_seed(3)

@@ -14,6 +14,7 @@ from emo_model.models.temporal_module import TemporalModule
 from emo_model.models.audio_attention import AudioAttention
 from emo_model.sampling.guidance import guidance_passes
 from emo_model.sampling.motion_frames import MotionFrames
+from emo_model.sampling.settings import check_inputs
 
 
 def _voice(seconds, sr=16000, seed=0):
@@ -207,6 +208,53 @@ def test_speed_changes_output(pipe):
     audio = pipe.encode_audio(_voice(0.1), 16000, 25)
     ref = _ref(pipe)
     assert not torch.allclose(_render(pipe, audio, ref, speed=0.1), _render(pipe, audio, ref, speed=1.3))
+
+
+def test_speed_guidance_is_full_minus_still(tiny_dir):
+    """speed_cfg s_v adds one pass, the full pass at speed 0, and the guided prediction is
+    still + s_v (full - still) (audio and reference guidance off): checked against two unguided backbone calls, one
+    at the run's speed and one at speed 0 (float64: batching reorders float sums, see test_fast_path). speed_cfg 1
+    (off) or a requested speed of 0 add no pass."""
+    from emo_model.sampling.guidance import FULL, STILL, GuidedDDIM
+    pipe = EMOPipeline(load_model(tiny_dir, dtype=torch.float64))
+    audio = pipe.encode_audio(_voice(0.2), 16000, 25)
+    ref = _ref(pipe)
+    settings = check_inputs(pipe.model, audio, ref, steps=2, audio_cfg=1.0, ref_cfg=1.0, speed=1.3, speed_cfg=3.0)
+    assert [(p, w) for p, w in settings.passes] == [(STILL, -2.0), (FULL, 3.0)]
+    f, n, s = pipe.config.frames_per_clip, pipe.config.motion_frames, pipe.config.latent_size
+    tokens = pipe.audio_tokens(audio, 0, f)
+    x = torch.randn(1, 4, f, s, s, generator=torch.Generator().manual_seed(0)).double()
+
+    def prediction(passes, speed):
+        cache = pipe.conditions(ref, list(passes), speed=speed)
+        motion = MotionFrames(pipe.model, cache, pipe.vae, n).features()
+        with torch.no_grad():
+            return GuidedDDIM(pipe.model, list(passes), 2).prediction(x, 0, cache.clip(tokens, n, motion))
+    guided = prediction(settings.passes, 1.3)
+    fast, still = prediction([(FULL, 1.0)], 1.3), prediction([(FULL, 1.0)], 0.0)
+    assert (fast - still).abs().max() > 1e-3 * fast.abs().max()  # the speed matters to this model
+    assert (guided - (still + 3.0 * (fast - still))).abs().max() <= 1e-6 * fast.abs().max()
+    for kw in (dict(speed=1.3, speed_cfg=1.0), dict(speed=0.0, speed_cfg=3.0), dict(speed=1.3)):
+        assert len(check_inputs(pipe.model, audio, ref, audio_cfg=1.0, ref_cfg=1.0, **kw).passes) == 1, kw
+
+
+def test_speed_guidance_default_from_the_checkpoint_and_bad_values(pipe, tiny_dir, caplog):
+    audio = pipe.encode_audio(_voice(0.2), 16000, 25)
+    ref = _ref(pipe)
+    model = load_model(tiny_dir)
+    model.config.speed_cfg = 2.5
+    assert check_inputs(model, audio, ref, speed=1.0).speed_cfg == 2.5
+    assert check_inputs(model, audio, ref, speed=1.0, speed_cfg=1.0).speed_cfg == 1.0
+    with pytest.raises(EMOInputError, match="speed_cfg"):
+        check_inputs(model, audio, ref, speed_cfg=-1.0)
+    with pytest.raises(EMOInputError, match="degrees per frame"):
+        check_inputs(model, audio, ref, speed=-0.5)
+    model.speed_encoder = None  # a checkpoint without speed layers: ignored, said once
+    import emo_model.sampling.settings as settings
+    settings._IGNORED_SPEED_SAID.clear()
+    with caplog.at_level("INFO"):
+        assert check_inputs(model, audio, ref, speed_cfg=4.0).speed_cfg == 1.0
+    assert "speed_cfg 4 is ignored" in caplog.text
 
 
 def test_callback_progress_and_stop(pipe):

@@ -32,6 +32,8 @@ def test_videos_mode_writes_the_model_and_every_video_in_the_pictures_framing(tm
     assert rc in (0, 1)  # 1: targets not reached (a quick run learns nothing)
     model = load_model(str(out / "model"))
     assert model.config.whole_frame and model.speed_encoder is not None
+    from emo_model.train.config import SPEED_CFG
+    assert model.config.speed_cfg == SPEED_CFG != 1.0  # stage 3's model samples with speed guidance by default
     expected = {f"{n}.mp4" for n in "abc"} | {f"{n}_speed{k}.mp4" for n in "ab" for k in range(5)}
     assert expected <= {p.name for p in out.glob("*.mp4")} and not list(out.glob("c_speed*.mp4"))
     for name in expected:

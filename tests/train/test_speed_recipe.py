@@ -46,6 +46,8 @@ def test_speed_balance_draws_each_bucket_as_often(tiny_set):
         v["speed"][:] = 0.0
     assert speed_balance(ds, [0.0, 1.0]) is None      # one bucket: nothing to balance
     assert TrainConfig(stage=3, data="m", init="x", out="y").balance_speed
+    with pytest.raises(Exception, match="speed-cfg"):
+        TrainConfig(stage=3, data="m", init="x", out="y", speed_cfg=-1.0)
     assert not TrainConfig(stage=2, data="m", init="x", out="y").balance_speed
 
 
