@@ -188,4 +188,7 @@ def test_a_long_track_keeps_its_encoded_audio_in_half_precision(two_models, monk
     assert (t_long - t_short).abs().max().item() <= 2e-3 * scale  # float16 keeps ~3 significant digits
     ref = _ref(pipe)
     a, b = _render(pipe, short, ref), _render(pipe, long, ref)
-    assert a.shape == b.shape and (a - b).abs().max().item() < 2e-2
+    # The random tiny model amplifies the float16 rounding of the tokens: on one 2-core machine a pixel moved by
+    # 0.027 (others: < 0.02); almost all of the video is within 1e-3 of the float32 render.
+    d = (a - b).abs()
+    assert a.shape == b.shape and d.max().item() < 5e-2 and d.mean().item() < 1e-3, (d.max().item(), d.mean().item())
