@@ -85,3 +85,17 @@ def test_stage_3_draws_more_of_the_noisiest_timesteps():
     assert abs(late.float().mean() - 666) < 20 and abs(flat.float().mean() - 500) < 20  # density rising linearly
     assert TrainConfig(stage=3, data="m", init="x", out="y").timesteps == "late"
     assert TrainConfig(stage=2, data="m", init="x", out="y").timesteps == "uniform"
+
+
+def test_stage_3_writes_its_speed_guidance_into_the_model(tmp_path, tiny_set, tiny_model, capsys):
+    """`train --stage 3 --speed-cfg G` (default SPEED_CFG): the saved model samples with G unless told otherwise;
+    a negative value is refused before anything is written."""
+    from emo_model import load_model
+    from emo_model.cli import main
+    ds = tiny_set(frames=2, motion_frames=1, videos=2)
+    r = run_stage(3, "memory", str(tiny_model), tmp_path / "s3", 1, dataset=ds, frames=2, motion_frames=1,
+                  device="cpu", save_every=10, speed_cfg=2.5)
+    assert load_model(r["model"]).config.speed_cfg == 2.5
+    assert main(["train", "--stage", "3", "--data", "nowhere", "--init", str(tiny_model), "--out",
+                 str(tmp_path / "bad"), "--speed-cfg", "-1"]) == 2
+    assert "--speed-cfg must be 0 or more" in capsys.readouterr().err and not (tmp_path / "bad").exists()
