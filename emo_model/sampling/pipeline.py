@@ -120,8 +120,8 @@ class EMOPipeline:
         """Checks every setting now (raising EMOInputError before any model work), then returns an iterator of the
         decoded clips (f H W 3) float 0..1 on the CPU, in order, audio.num_frames frames in all. None takes the
         checkpoint's default (motion_drop: Hallo2's motion-frame pixel drop, see motion_frames.py; Hallo2 0.25,
-        others 0; speed_cfg: speed guidance, see guidance.py). `callback` runs after every denoising step; raising from it stops sampling there (nothing
-        further is computed)."""
+        others 0; speed_cfg: speed guidance, see guidance.py). `callback` runs after every denoising step; raising
+        from it stops sampling there (nothing further is computed)."""
         settings = check_inputs(self.model, audio, ref, steps, seed, audio_cfg, ref_cfg, speed, frames_per_clip,
                                 motion_frames, region_weights, motion_drop, speed_cfg)
         return self._run(audio, ref, settings, callback)

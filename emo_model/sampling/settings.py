@@ -80,7 +80,7 @@ def _speed_cfg(model, speed, speed_cfg) -> float:
     nothing."""
     s_v = float(getattr(model.config, "speed_cfg", 1.0) if speed_cfg is None else speed_cfg)
     if not s_v >= 0.0:
-        raise EMOInputError(f"speed_cfg (speed guidance) must be 0 or more, 1 = off (got {speed_cfg})")
+        raise EMOInputError(f"speed_cfg (speed guidance) must be 0 or more, 1 = off (got {s_v:g})")
     if model.speed_encoder is None:
         if speed_cfg is not None and speed_cfg != 1.0 and not _IGNORED_SPEED_SAID:
             _IGNORED_SPEED_SAID.append(True)
