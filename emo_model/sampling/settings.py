@@ -78,7 +78,7 @@ def check_inputs(model, audio: EncodedAudio, ref: EncodedReference, steps=None, 
 def _speed_cfg(model, speed, speed_cfg) -> float:
     """The run's speed guidance: 1.0 (no still pass) without speed layers or for a speed of 0, where it changes
     nothing."""
-    s_v = float(getattr(model.config, "speed_cfg", 1.0) if speed_cfg is None else speed_cfg)
+    s_v = float(model.config.speed_cfg if speed_cfg is None else speed_cfg)
     if not s_v >= 0.0:
         raise EMOInputError(f"speed_cfg (speed guidance) must be 0 or more, 1 = off (got {s_v:g})")
     if model.speed_encoder is None:
