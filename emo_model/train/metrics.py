@@ -3,11 +3,15 @@
 * `frame_loudness`: RMS of the 16 kHz samples of each video frame, frame i = samples [i*sr/fps, (i+1)*sr/fps).
 * `mouth_opening_from_frames`: for drawn faces (`synthetic.draw_face`) and for what a model renders of them. The head
   is the largest connected part of the frame that differs from the background colour (median of the frame's border),
-  holes filled (`_head_component`: blotches elsewhere in the background are not head and not mouth); its centroid
-  and orientation come from image moments. The mouth is the dark part of the lower face: pixels below the head
-  centre (along the head's own down axis, more than 0.15 head lengths) and within 0.6 head widths of its centre
-  line, weighted by how much darker than DARK x (median head brightness) they are. Opening = that weight / head
-  area. Units are arbitrary (only correlations use it); 0 for a frame with no head.
+  holes filled (`_head_component`: blotches elsewhere in the background are not head and not mouth); the face is
+  its skin-coloured part (`_skin_colour`: the median of the frame's centre, where the drawn heads turn about), whose
+  image moments give the centroid and orientation. The mouth is the part of the lower face that is not skin: pixels
+  below the head centre (along the head's own down axis, more than 0.15 head lengths) and within 0.6 head widths of
+  its centre line, weighted by their colour distance from the skin (0 below MOUTH_FROM, 1 from MOUTH_FROM +
+  MOUTH_RAMP). Not darkness alone: a model may paint the open mouth in the background's colour, which is not dark
+  on every face (session 8 measured r 0.14 on such a render whose mouth plainly followed the speech). Lips and
+  mouth both grow with the opening. Opening = that weight / face area. Units are arbitrary (only correlations use
+  it); 0 for a frame with no head.
 * `head_roll_from_frames`: in-plane angle of the major axis of the head's whole silhouette (hair and face, holes
   filled: an opening mouth does not tilt it; degrees, 0 = upright). `head_motion`: the rotation between frames i and
   i + 3 found by registering the whole frame (rotations about the head's centroid, best correlation), / 3, degrees
@@ -24,8 +28,10 @@ import math
 import numpy as np
 
 LAG_TOLERANCE = 1     # frames
-DARK = 0.45           # a pixel is "dark" below this fraction of the face's median brightness
+MOUTH_FROM, MOUTH_RAMP = 0.25, 0.35  # a lower-face pixel counts as mouth from this L1 colour distance to the skin,
+                                    # fully at MOUTH_FROM + MOUTH_RAMP (0..3 scale)
 MOTION_SPAN = 3       # frames: head motion is measured as the roll change over this many frames, / span
+CENTRE_PATCH = 0.12    # the skin colour is the median of this central fraction of the frame (`_skin_colour`)
 SKIN_TOL = 0.3        # a head pixel is skin within this L1 colour distance (0..1 per channel) of the head's median
 
 
@@ -110,18 +116,30 @@ def _soft_moments(mask: np.ndarray, rim_weight: np.ndarray):
     return (cx, cy), -up, 2 * math.sqrt(max(lam1, 1e-6)), 2 * math.sqrt(max(lam2, 1e-6))
 
 
+def _skin_colour(frame: np.ndarray) -> np.ndarray:
+    """The face's colour [3]: the median of the frame's central patch (CENTRE_PATCH of the side around the drawn
+    head's centre, (0.5, 0.53) of the frame, which a turning head keeps: only skin and the small nose there). Not
+    the median of the whole head mask: a model's render may darken the background around the head (a smeared halo
+    of hair), which joins the head mask and pulled that median off the skin, so that no face, and no mouth, was
+    found on frames whose mouth was plainly open."""
+    H, W = frame.shape[:2]
+    r = max(1, int(round(CENTRE_PATCH * min(H, W) / 2)))
+    cy, cx = int(round(0.53 * H)), int(round(0.5 * W))
+    return np.median(frame[max(0, cy - r):cy + r + 1, max(0, cx - r):cx + r + 1].reshape(-1, 3), axis=0)
+
+
 def _head(frame: np.ndarray):
     """(face mask [H, W] bool, centroid (x, y), major-axis angle from vertical in degrees, ry, rx) or None.
 
-    The head: the largest not-background part (`_head_component`). The face: within it, the pixels near the head's
-    median colour (the skin; SKIN_TOL), largest part, holes (eyes, nose, a closed-in mouth) filled; the centroid,
+    The head: the largest not-background part (`_head_component`). The face: within it, the pixels near the face's
+    colour (`_skin_colour`, within SKIN_TOL), largest part, holes (eyes, nose, a closed-in mouth) filled; the centroid,
     roll and semi-axes (ry >= rx) are the face's image moments (rim weighted by skin membership), and the returned
     mask is the ellipse they describe (an open mouth reaching the chin still lies inside it; a dark blot touching
     the head from outside does not)."""
     head, _ = _largest_head(frame)
     if head is None:
         return None
-    skin_colour = np.median(frame[head], axis=0)
+    skin_colour = _skin_colour(frame)
     d_skin = np.abs(frame - skin_colour).sum(-1)
     face = _head_component(head & (d_skin < SKIN_TOL))
     if face is None or face.sum() < 0.02 * face.size:
@@ -151,12 +169,11 @@ def mouth_opening_from_frames(frames) -> np.ndarray:
         if h is None:
             continue
         mask, (cx, cy), roll, ry, rx = h
-        lum = frame @ np.array([0.299, 0.587, 0.114], np.float32)
-        ref = float(np.median(lum[mask]))
-        down, side = _head_axes(lum.shape, cx, cy, roll)
+        d_skin = np.abs(frame - _skin_colour(frame)).sum(-1)
+        down, side = _head_axes(d_skin.shape, cx, cy, roll)
         region = mask & (down > 0.15 * ry) & (np.abs(side) < 0.6 * rx)
-        dark = np.clip((DARK * ref - lum) / max(DARK * ref, 1e-3), 0, 1)
-        out[t] = float(dark[region].sum()) / max(float(mask.sum()), 1.0)
+        mouth = np.clip((d_skin - MOUTH_FROM) / MOUTH_RAMP, 0, 1)
+        out[t] = float(mouth[region].sum()) / max(float(mask.sum()), 1.0)
     return out
 
 

@@ -105,8 +105,8 @@ def test_talking_video_and_heldout_pair(tmp_path):
     assert sr == 16000 and w.shape[-1] == 16000
     ref = load_image(png)
     assert ref.shape == (64, 64, 3)
-    assert m.mouth_opening_from_frames(ref[None])[0] < 0.2 * m.mouth_opening_from_frames(
-        s.draw_face(s.face_style(99), 64, 1.0)[None])[0]  # closed mouth
+    assert m.mouth_opening_from_frames(ref[None])[0] < 0.3 * m.mouth_opening_from_frames(
+        s.draw_face(s.face_style(99), 64, 1.0)[None])[0]  # closed mouth (its lips count: ~0.2)
 
 
 def _loud_track(seconds=4.0, speaker=90):
