@@ -166,3 +166,35 @@ def test_metric_on_noise_and_a_blurred_face():
     st = s.face_style(92)
     blurred = np.stack([cv2.GaussianBlur(s.draw_face(st, 64, o), (0, 0), 1.0) for o in s.mouth_opening(loud)])
     assert m.lipsync_r(m.mouth_opening_from_frames(blurred), loud) > 0.9
+
+
+@pytest.mark.parametrize("identity", [1, 91, 92])
+def test_metric_on_render_artefacts_a_halo_and_a_background_coloured_mouth(identity):
+    """What the learning check's models render (session 8): a dark smear around the head (which joins the head mask
+    and had pulled the skin colour off the face) and an open mouth painted in the background's colour (not dark on
+    a light-green face). The metric missed such mouths (r 0.14 on a render whose mouth plainly followed the speech);
+    it must follow them, and a face with the same halo and its mouth shut must show no sync."""
+    import cv2
+    _, loud = _loud_track()
+    st = s.face_style(identity)
+    S = 64
+    rx = st.head * S
+    centre = (S / 2, 0.53 * S)
+    darker = tuple(int(c * 0.45) for c in st.background)
+
+    def render_like(opening):
+        f = s.draw_face(st, S, 0.0)
+        cv2.ellipse(f, (int(centre[0]), int(centre[1])), (int(rx * 1.12), int(rx * st.aspect * 1.12)), 0, 0, 360,
+                    darker, 5)  # the halo
+        my = centre[1] + 0.5 * st.aspect * rx
+        h = (0.035 + 0.36 * opening) * rx
+        cv2.ellipse(f, (int(centre[0]), int(round(my))), (int(st.mouth_width * rx), max(1, int(round(h)))), 0, 0,
+                    360, st.background, -1)  # the mouth, in the background's colour
+        return f
+
+    talking = np.stack([render_like(o) for o in s.mouth_opening(loud)])
+    assert m.lipsync_r(m.mouth_opening_from_frames(talking), loud) > 0.9
+    shut = np.stack([render_like(0.0)] * len(loud))
+    shut = np.clip(shut.astype(int) + np.random.default_rng(0).integers(-3, 4, shut.shape), 0, 255).astype(np.uint8)
+    r = m.lipsync_r(m.mouth_opening_from_frames(shut), loud)
+    assert math.isnan(r) or abs(r) < 0.3
