@@ -109,9 +109,11 @@ def render_and_measure(model, ref: Path, wave: np.ndarray, out: Path, steps: int
     from emo_model.render import render
     from emo_model.train.dataset import read_all_frames
     out.parent.mkdir(parents=True, exist_ok=True)
-    render(model, str(ref), (torch.from_numpy(wave)[None], 16000), out, steps=steps, seed=seed, speed=speed,
-           whole_image=True, identity="zero")
-    frames = read_all_frames(out)
+    # overwrite: a rerun into the same OUT replaces its renders (otherwise render keeps the old file, writes
+    # NAME_2.mp4, and the old one would be measured)
+    done = render(model, str(ref), (torch.from_numpy(wave)[None], 16000), out, steps=steps, seed=seed, speed=speed,
+                  whole_image=True, identity="zero", overwrite=True)
+    frames = read_all_frames(done["out"])
     return {"opening": metrics.mouth_opening_from_frames(frames), "motion": float(np.nanmedian(metrics.head_motion(frames))),
             "frames": len(frames)}
 

@@ -42,3 +42,14 @@ def test_videos_mode_writes_the_model_and_every_video_in_the_pictures_framing(tm
     res = json.loads((out / "learning_check.json").read_text())
     assert len(res["speeds"]) == 5 and np.all(np.diff(res["speeds"]) >= 0)  # slowest first
     assert {"lipsync_r", "lipsync_r_silent", "speed_rank_r", "curve", "minutes"} <= set(res)
+    # A rerun into the same OUT replaces its renders and measures the new ones (render keeps an existing file and
+    # writes NAME_2.mp4 unless told to overwrite: the check measured the stale file before session 8).
+    from emo_model.train import metrics
+    lc = _learning_check()
+    before = read_all_frames(out / "a.mp4")
+    wave = lc.load_wave(heldout / "a.wav")
+    m = lc.render_and_measure(model, heldout / "a_ref.png", wave, out / "a.mp4", steps=1, seed=7)
+    after = read_all_frames(out / "a.mp4")
+    assert not list(out.glob("*_2.mp4"))
+    assert not np.array_equal(before, after)  # another seed and step count: another video, written in place
+    assert np.allclose(m["opening"], metrics.mouth_opening_from_frames(after))
