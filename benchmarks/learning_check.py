@@ -22,7 +22,10 @@
    differ by up to 0.09); the same with the audio replaced by silence (it
    must collapse); Spearman rank correlation between requested speed and head motion measured in the output, and
    the measured span (fast - slow, measured / requested: renders that ignore the speed must not pass by noise).
-   Targets: lip-sync r >= 0.8, speed rank r >= 0.8, span >= 0.25. Printed, and written to OUT/learning_check.json.
+   Targets: lip-sync r >= 0.8, speed rank r >= 0.8, span >= 0.25. Also, with no target, each speed render's turn
+   across its clip seams against its turn between frames inside clips (`metrics.seam_jumps`: a head whose every
+   clip restarts from the reference's pose shows seam jumps far above the within-clip turn). Printed, and written
+   to OUT/learning_check.json.
    Measured results (r against steps): benchmarks/README.md.
 
 OUT/model/ is the trained native model (`render` takes it as it is).
@@ -114,8 +117,9 @@ def render_and_measure(model, ref: Path, wave: np.ndarray, out: Path, steps: int
     done = render(model, str(ref), (torch.from_numpy(wave)[None], 16000), out, steps=steps, seed=seed, speed=speed,
                   whole_image=True, identity="zero", overwrite=True)
     frames = read_all_frames(done["out"])
+    seam, inside = metrics.seam_jumps(frames, model.config.frames_per_clip)
     return {"opening": metrics.mouth_opening_from_frames(frames), "motion": float(np.nanmedian(metrics.head_motion(frames))),
-            "frames": len(frames)}
+            "frames": len(frames), "seam": seam, "inside": inside}
 
 
 def load_wave(path: Path) -> np.ndarray:
@@ -136,26 +140,29 @@ def lipsync(model, pairs, out: Path, steps: int, fps: int, silent: bool = False,
     return float(np.mean(rs))
 
 
-def speed_check(model, pairs, out: Path, steps: int, speeds) -> tuple[float, float, list]:
-    """(Spearman r of requested vs measured speed, measured span, measured speeds [2 x 5]). The span =
+def speed_check(model, pairs, out: Path, steps: int, speeds) -> tuple[float, float, list, list]:
+    """(Spearman r of requested vs measured speed, measured span, measured speeds [2 x 5], [seam, inside] turns
+    per render (`metrics.seam_jumps`, degrees: a diagnostic, no target)). The span =
     (mean measured motion at the two fastest requests - at the two slowest) / (their requested difference): renders
     that barely differ rank by noise (a still head measures ~0.5 deg/frame +- 0.03 here, and such ties gave r 0.70
     on a model that ignored the speed), so the check also asks for a span of at least MIN_SPEED_SPAN."""
-    req, got = [], []
+    req, got, seams = [], [], []
     for name, wav, ref in pairs[:2]:
         wave = load_wave(wav)
         for k, s in enumerate(speeds):
             m = render_and_measure(model, ref, wave, out / f"{name}_speed{k}.mp4", steps, speed=float(s))
             req.append(s)
             got.append(m["motion"])
-            print(f"  {name} speed {s:.3f} deg/frame -> measured head motion {m['motion']:.3f} deg/frame")
+            seams.append([m["seam"], m["inside"]])
+            print(f"  {name} speed {s:.3f} deg/frame -> measured head motion {m['motion']:.3f} deg/frame; turn across "
+                  f"clip seams {m['seam']:.1f} deg, between frames inside clips {m['inside']:.1f} deg")
     req, got = np.asarray(req), np.asarray(got)
     u = np.unique(req)
     span = float("nan")
     if len(u) >= 2:
         lo, hi = req <= u[min(1, len(u) - 2)], req >= u[max(-2, -len(u) + 1)]
         span = float((got[hi].mean() - got[lo].mean()) / max(req[hi].mean() - req[lo].mean(), 1e-9))
-    return metrics.speed_rank_r(req, got), span, got.reshape(-1, len(speeds)).tolist()
+    return metrics.speed_rank_r(req, got), span, got.reshape(-1, len(speeds)).tolist(), seams
 
 
 # ----------------------------------------------------------------------------- main
@@ -234,9 +241,10 @@ def main(argv=None) -> int:
     model = load_model(str(out / "model"), device="cpu", dtype=torch.float32)
     r = lipsync(model, pairs, out, a.sample_steps, fps)
     r_silent = lipsync(model, pairs, out / "silent", a.sample_steps, fps, silent=True)
-    rho, span, measured = speed_check(model, pairs, out, a.sample_steps, speeds)
+    rho, span, measured, seams = speed_check(model, pairs, out, a.sample_steps, speeds)
     res = {"lipsync_r": r, "lipsync_r_silent": r_silent, "speed_rank_r": rho, "speed_span": span,
            "speeds": speeds.tolist(), "measured_speeds": measured, "curve": curve,
+           "seams": seams,
            "minutes": (time.time() - t0) / 60, "settings": {k: v for k, v in vars(a).items()},
            "targets": {"lipsync_r": TARGET_LIPSYNC, "speed_rank_r": TARGET_SPEED, "speed_span": MIN_SPEED_SPAN}}
     (out / "learning_check.json").write_text(json.dumps(res, indent=1))

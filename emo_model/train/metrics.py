@@ -20,6 +20,8 @@
   (LAG_TOLERANCE; 40 ms at 25 fps: a frame's mouth may follow its audio window by a frame). Undefined (nan) when
   either series is constant.
 * `speed_rank_r`: Spearman rank correlation between requested speeds and measured head motion.
+* `seam_jumps`: the head's turn across the clip seams of a render against its turn between frames inside clips
+  (a diagnostic: session 8 found renders whose every clip restarts from the reference's pose).
 """
 from __future__ import annotations
 
@@ -227,6 +229,25 @@ def head_motion(frames, span: int = MOTION_SPAN, max_deg: float = 15.0) -> np.nd
         ys, xs = np.nonzero(head)
         out[i] = abs(_rotation_between(f[i], f[i + span], (xs.mean(), ys.mean()), max_deg)) / span
     return out
+
+
+def seam_jumps(frames, clip: int, max_deg: float = 40.0) -> tuple[float, float]:
+    """How a clip-by-clip render turns across its clip seams: (median |rotation| from the last frame of a clip to the
+    first of the next, median |rotation| between neighbouring frames inside clips), degrees; frames come in clips
+    of `clip`. A head that keeps turning gives about equal values; one that each clip turns from the reference's
+    pose and the next clip puts back (a sawtooth) gives a seam jump far above the within-clip step. nan without
+    a seam or without a head."""
+    f = _frames(frames)
+    seams, inside = [], []
+    for i in range(len(f) - 1):
+        head = _head_component(_not_background(f[i]) > 0.12)
+        if head is None:
+            continue
+        ys, xs = np.nonzero(head)
+        turn = abs(_rotation_between(f[i], f[i + 1], (xs.mean(), ys.mean()), max_deg))
+        (seams if (i + 1) % clip == 0 else inside).append(turn)
+    med = lambda v: float(np.median(v)) if v else float("nan")  # noqa: E731
+    return med(seams), med(inside)
 
 
 def pearson(x, y) -> float:

@@ -41,7 +41,8 @@ def test_videos_mode_writes_the_model_and_every_video_in_the_pictures_framing(tm
         assert frames.shape == (10, 80, 80, 3), (name, frames.shape)  # the whole 0.4 s, at the picture's 80 px
     res = json.loads((out / "learning_check.json").read_text())
     assert len(res["speeds"]) == 5 and np.all(np.diff(res["speeds"]) >= 0)  # slowest first
-    assert {"lipsync_r", "lipsync_r_silent", "speed_rank_r", "curve", "minutes"} <= set(res)
+    assert {"lipsync_r", "lipsync_r_silent", "speed_rank_r", "curve", "minutes", "seams"} <= set(res)
+    assert np.asarray(res["seams"], dtype=float).shape == (10, 2)  # [seam, inside] per speed render
     # A rerun into the same OUT replaces its renders and measures the new ones (render keeps an existing file and
     # writes NAME_2.mp4 unless told to overwrite: the check measured the stale file before session 8).
     from emo_model.train import metrics

@@ -198,3 +198,16 @@ def test_metric_on_render_artefacts_a_halo_and_a_background_coloured_mouth(ident
     shut = np.clip(shut.astype(int) + np.random.default_rng(0).integers(-3, 4, shut.shape), 0, 255).astype(np.uint8)
     r = m.lipsync_r(m.mouth_opening_from_frames(shut), loud)
     assert math.isnan(r) or abs(r) < 0.3
+
+
+def test_seam_jumps_tell_a_sawtooth_from_a_steady_turn():
+    """Clips of 8 frames: a head that keeps turning 2 deg/frame has seam turns like its within-clip turns; one that
+    turns 3 deg/frame inside each clip and starts the next clip upright again (what session 8's renders do) has
+    seam jumps of ~21 degrees."""
+    st = s.face_style(4)
+    steady = np.stack([s.draw_face(st, 64, 0.0, -20 + 2.0 * t) for t in range(24)])
+    saw = np.stack([s.draw_face(st, 64, 0.0, 3.0 * (t % 8)) for t in range(24)])
+    seam, inside = m.seam_jumps(steady, 8)
+    assert inside == pytest.approx(2.0, abs=0.5) and seam == pytest.approx(2.0, abs=0.7)
+    seam, inside = m.seam_jumps(saw, 8)
+    assert inside == pytest.approx(3.0, abs=0.6) and seam == pytest.approx(21.0, abs=3.0)
