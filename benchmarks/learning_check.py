@@ -7,7 +7,8 @@
 1. data: `emo_model.train.synthetic` draws talking faces whose mouth opening follows the loudness of speech made in
    Python (one identity and voice per video) and heads that turn at known speeds (degrees per frame; `--motion
    sweep`, the default: one way, so a clip that starts still has one way to turn); held-out pairs
-   NAME.wav + NAME_ref.png (4 by default) are an unseen voice and an unseen face. `--videos/--heldout` take your own instead.
+   NAME.wav + NAME_ref.png (4 by default) are an unseen voice and an unseen face. `--videos/--heldout` take your
+   own instead.
 2. `prepare-data` (the same code as the CLI) at 64 px (`--whole-frame` for the drawn faces).
 3. a tiny VAE trained on those frames (`emo_model.train.tiny_vae`), so latents can be seen in pixels again.
 4. stages 1-3 from `tiny` through `emo_model.train.run_stage` (the `train` command's entry point), stage N+1
@@ -19,9 +20,9 @@
    to the 95th percentile of the training data's head speed.
 6. metrics (`emo_model.train.metrics`): lip-sync r = Pearson r between the mouth opening measured in the output and
    the loudness of NAME.wav per frame (lag tolerance +-1 frame), the mean over the pairs (one model's pairs
-   differ by up to 0.09); the same with the audio replaced by silence (it
-   must collapse); Spearman rank correlation between requested speed and head motion measured in the output, and
-   the measured span (fast - slow, measured / requested: renders that ignore the speed must not pass by noise).
+   differ by up to 0.09); the same with the audio replaced by silence (it must collapse); Spearman rank
+   correlation between requested speed and head motion measured in the output, and the measured span (fast -
+   slow, measured / requested: renders that ignore the speed must not pass by noise).
    Targets: lip-sync r >= 0.8, speed rank r >= 0.8, span >= 0.25. Also, with no target, each speed render's turn
    across its clip seams against its turn between frames inside clips (`metrics.seam_jumps`: a head whose every
    clip restarts from the reference's pose shows seam jumps far above the within-clip turn). Printed, and written

@@ -33,8 +33,8 @@ LAG_TOLERANCE = 1     # frames
 MOUTH_FROM, MOUTH_RAMP = 0.25, 0.35  # a lower-face pixel counts as mouth from this L1 colour distance to the skin,
                                     # fully at MOUTH_FROM + MOUTH_RAMP (0..3 scale)
 MOTION_SPAN = 3       # frames: head motion is measured as the roll change over this many frames, / span
-CENTRE_PATCH = 0.12    # the skin colour is the median of this central fraction of the frame (`_skin_colour`)
-SKIN_TOL = 0.3        # a head pixel is skin within this L1 colour distance (0..1 per channel) of the head's median
+CENTRE_PATCH = 0.12   # the skin colour is the median of this central fraction of the frame (`_skin_colour`)
+SKIN_TOL = 0.3        # a head pixel is skin within this L1 colour distance (0..1 per channel) of `_skin_colour`
 
 
 def frame_loudness(waveform, num_frames: int, fps: float, sr: int = 16000) -> np.ndarray:
@@ -246,8 +246,7 @@ def seam_jumps(frames, clip: int, max_deg: float = 40.0) -> tuple[float, float]:
         ys, xs = np.nonzero(head)
         turn = abs(_rotation_between(f[i], f[i + 1], (xs.mean(), ys.mean()), max_deg))
         (seams if (i + 1) % clip == 0 else inside).append(turn)
-    med = lambda v: float(np.median(v)) if v else float("nan")  # noqa: E731
-    return med(seams), med(inside)
+    return tuple(float(np.median(v)) if v else float("nan") for v in (seams, inside))
 
 
 def pearson(x, y) -> float:
