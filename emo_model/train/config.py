@@ -58,7 +58,8 @@ class TrainConfig:
                                        # reference and (for "reference" models) every motion frame: the sampler's
                                        # first clip, which starts at the reference's pose; "reference" = the
                                        # window's own reference (a frame >= 30 frames away)
-    balance_speed: bool | None = None  # draw videos evenly over the speed buckets (stage 3 default: yes)
+    balance_speed: bool | None = None  # stages 2-3: draw videos evenly over the speed buckets (stage 3 default:
+                                       # yes; stage 2: no, yes when still heads dominate the footage)
     speed_cfg: float = SPEED_CFG       # stage 3: the speed guidance written into RUN/model's config (the sampler's
                                        # default for it; 1.0 = none, EMO's sampler)
     # Optimizer

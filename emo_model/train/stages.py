@@ -185,15 +185,21 @@ def _audio_widths(model: EMOModel) -> dict:
 SPEED_TOKENS = 1  # speed tokens per frame (4 measured no better on the learning check: benchmarks/README.md)
 
 
+def speed_centers(speeds: np.ndarray) -> np.ndarray:
+    """The 8 speed-bucket centres (deg/frame) for per-frame `speeds`: evenly over their 5-95 % range (at least 0.1
+    wide; 0..1 without speeds). The speed layers' buckets, and what `balance_speed` draws evenly over."""
+    lo, hi = np.quantile(speeds, [0.05, 0.95]) if len(speeds) else (0.0, 1.0)
+    return np.linspace(lo, max(hi, lo + 0.1), 8)
+
+
 def with_speed_layers(model: EMOModel, speeds: np.ndarray) -> EMOModel:
     """A copy of `model` with EMO's speed layers (zero-initialised attention output: no change at first).
     Buckets: 8 centres evenly over the 5-95 % range of the data's speeds (deg/frame), radius = their spacing
     (EMO publishes neither); 8 phase buckets over 0 .. (95 % speed x frames per clip) degrees turned since the clip
     began, frame-local attention (`speed_layers.py`); the default speed value becomes the data's median."""
     config = copy.deepcopy(model.config)
-    lo, hi = np.quantile(speeds, [0.05, 0.95]) if len(speeds) else (0.0, 1.0)
-    hi = max(hi, lo + 0.1)
-    centers = np.linspace(lo, hi, 8)
+    centers = speed_centers(speeds)
+    hi = float(centers[-1])
     step = float(centers[1] - centers[0])
     width = config.unet["cross_attention_dim"]
     span = hi * max(1, config.frames_per_clip)  # the phase (degrees turned since the clip began) buckets

@@ -27,7 +27,7 @@ from .batches import draw, make_batch, read_samples, speed_balance
 from .config import TrainConfig
 from .forward import denoise
 from .losses import NoiseSchedule
-from .stages import build_model, check_init, set_trainable
+from .stages import build_model, check_init, set_trainable, speed_centers
 
 
 class _Step(nn.Module):
@@ -63,7 +63,9 @@ def open_data(cfg: TrainConfig, dataset=None):
     if len(ds) == 0:
         raise EMOInputError(f"no clip of {data} is long enough for {cfg.motion_frames} motion + {cfg.frames} frames: "
                             "lower --frames / --motion-frames or prepare longer videos")
-    speeds = np.concatenate([load_file(str(data / e.meta))["speed"].numpy() for e in entries]) if cfg.stage == 3 else None
+    speeds = None
+    if cfg.stage == 3 or (cfg.stage == 2 and cfg.balance_speed):
+        speeds = np.concatenate([load_file(str(data / e.meta))["speed"].numpy() for e in entries])
     return ds, float(fmt.fps), speeds, data, bool(fmt.whole_frame)
 
 
@@ -162,8 +164,10 @@ def run(cfg: TrainConfig, dataset=None, on_step=None) -> dict:
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     weights = None
-    if cfg.stage == 3 and cfg.balance_speed and model.speed_encoder is not None:
-        weights = speed_balance(ds, model.speed_encoder.centers.tolist())
+    if cfg.stage >= 2 and cfg.balance_speed:  # stage 2 has no speed layers yet: the buckets stage 3 will make
+        centers = (model.speed_encoder.centers.tolist() if model.speed_encoder is not None
+                   else speed_centers(speeds if speeds is not None else np.zeros(0)).tolist())
+        weights = speed_balance(ds, centers)
     for step in range(start, cfg.steps):
         d = draw(cfg, schedule, len(ds), global_batch, model.config.latent_size, step, weights)
         samples = read_samples(ds, cfg, step, d.indices[lo:lo + cfg.batch], lo)
