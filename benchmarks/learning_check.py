@@ -181,6 +181,8 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--frames", type=int, default=8)
     p.add_argument("--motion-frames", type=int, default=2)
+    p.add_argument("--stage2-balance", action=argparse.BooleanOptionalAction, default=False,
+                   help="stage 2 draws the videos evenly over head speed (`balance_speed`; stage 3 always does)")
     p.add_argument("--vae-steps", type=int, default=300)
     p.add_argument("--sample-steps", type=int, default=6, help="DDIM steps of the evaluation renders")
     p.add_argument("--identities", type=int, default=8)
@@ -230,7 +232,8 @@ def main(argv=None) -> int:
     fps = 25
     ends = sorted({max(1, round(a.steps[1] * (k + 1) / max(1, a.chunks))) for k in range(max(1, a.chunks))})
     for done in ends:  # e.g. 250 steps in 3 chunks: 83, 167, 250
-        s2 = run_stage(2, data, s1, out / "stage2", done, **{**common, "save_every": ends[0]}, **video)
+        s2 = run_stage(2, data, s1, out / "stage2", done, **{**common, "save_every": ends[0]}, **video,
+                       balance_speed=a.stage2_balance)
         r = lipsync(load_model(str(s2), device="cpu", dtype=torch.float32), pairs, out / "curve", a.sample_steps,
                     fps, tag=f"_stage2_{done}")
         curve.append({"stage": 2, "step": done, "lipsync_r": r})

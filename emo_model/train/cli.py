@@ -2,7 +2,7 @@
 
 Under `accelerate launch [--multi_gpu --num_processes N ...] -m emo_model train ...` the same command trains on
 several GPUs or machines (docs/training.md)."""
-
+import argparse
 
 
 def add_train_parser(sub) -> None:
@@ -36,6 +36,9 @@ def add_train_parser(sub) -> None:
                    help="stage 3: the speed guidance the trained model samples with by default (its config; render "
                         "--speed-cfg and the sampler's speed_cfg override it). 1 = none, EMO's sampler; default "
                         "4.0, which the learning check's small models need to show the speed")
+    t.add_argument("--balance-speed", action=argparse.BooleanOptionalAction,
+                   help="draw the videos evenly over head speed (default: stage 3 yes, stage 2 no; footage of mostly "
+                        "still heads teaches stage 2 to keep the reference's pose)")
     t.add_argument("--device", choices=["auto", "cpu"], default="auto")
     t.set_defaults(func=cmd_train)
 
@@ -47,6 +50,8 @@ def cmd_train(a) -> int:
                                        "gradient_checkpointing", "device")}
     if a.speed_cfg is not None:
         opts["speed_cfg"] = a.speed_cfg
+    if a.balance_speed is not None:
+        opts["balance_speed"] = a.balance_speed
     r = run_stage(a.stage, a.data, a.init, a.out, a.steps, **opts)
     if r["model"] or r["lora"]:
         print(f"wrote {r['model'] or r['lora']}")
