@@ -175,7 +175,7 @@ def main(argv=None) -> int:
     p.add_argument("--heldout", help="folder of NAME.wav + NAME_ref.png pairs (default: synthetic, unseen faces)")
     p.add_argument("--whole-frame", action="store_true", help="prepare --videos without face detection")
     p.add_argument("--resolution", type=int, default=64)
-    p.add_argument("--steps", type=int, nargs=3, default=[150, 250, 400], metavar=("S1", "S2", "S3"))
+    p.add_argument("--steps", type=int, nargs=3, default=[150, 400, 1000], metavar=("S1", "S2", "S3"))
     p.add_argument("--chunks", type=int, default=3, help="stage 2 in this many chunks, lip sync measured after each")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--batch", type=int, default=4)
