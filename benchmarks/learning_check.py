@@ -109,7 +109,10 @@ def run_stage(stage: int, data: Path, init, out: Path, steps: int, **opts) -> Pa
 
 # ----------------------------------------------------------------------------- rendering and measuring
 
-def render_and_measure(model, ref: Path, wave: np.ndarray, out: Path, steps: int, speed=None, seed: int = 0) -> dict:
+def render_and_measure(model, ref: Path, wave: np.ndarray, out: Path, steps: int, speed=None, seed: int = 0,
+                       seams: bool = False) -> dict:
+    """Renders and measures mouth opening and head motion; with `seams` also the turn across clip seams and
+    inside clips (`metrics.seam_jumps`; the speed renders)."""
     from emo_model.render import render
     from emo_model.train.dataset import read_all_frames
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -118,9 +121,11 @@ def render_and_measure(model, ref: Path, wave: np.ndarray, out: Path, steps: int
     done = render(model, str(ref), (torch.from_numpy(wave)[None], 16000), out, steps=steps, seed=seed, speed=speed,
                   whole_image=True, identity="zero", overwrite=True)
     frames = read_all_frames(done["out"])
-    seam, inside = metrics.seam_jumps(frames, model.config.frames_per_clip)
-    return {"opening": metrics.mouth_opening_from_frames(frames), "motion": float(np.nanmedian(metrics.head_motion(frames))),
-            "frames": len(frames), "seam": seam, "inside": inside}
+    res = {"opening": metrics.mouth_opening_from_frames(frames), "motion": float(np.nanmedian(metrics.head_motion(frames))),
+           "frames": len(frames)}
+    if seams:
+        res["seam"], res["inside"] = metrics.seam_jumps(frames, model.config.frames_per_clip)
+    return res
 
 
 def load_wave(path: Path) -> np.ndarray:
@@ -151,7 +156,7 @@ def speed_check(model, pairs, out: Path, steps: int, speeds) -> tuple[float, flo
     for name, wav, ref in pairs[:2]:
         wave = load_wave(wav)
         for k, s in enumerate(speeds):
-            m = render_and_measure(model, ref, wave, out / f"{name}_speed{k}.mp4", steps, speed=float(s))
+            m = render_and_measure(model, ref, wave, out / f"{name}_speed{k}.mp4", steps, speed=float(s), seams=True)
             req.append(s)
             got.append(m["motion"])
             seams.append([m["seam"], m["inside"]])

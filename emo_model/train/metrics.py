@@ -237,16 +237,9 @@ def seam_jumps(frames, clip: int, max_deg: float = 40.0) -> tuple[float, float]:
     of `clip`. A head that keeps turning gives about equal values; one that each clip turns from the reference's
     pose and the next clip puts back (a sawtooth) gives a seam jump far above the within-clip step. nan without
     a seam or without a head."""
-    f = _frames(frames)
-    seams, inside = [], []
-    for i in range(len(f) - 1):
-        head = _head_component(_not_background(f[i]) > 0.12)
-        if head is None:
-            continue
-        ys, xs = np.nonzero(head)
-        turn = abs(_rotation_between(f[i], f[i + 1], (xs.mean(), ys.mean()), max_deg))
-        (seams if (i + 1) % clip == 0 else inside).append(turn)
-    return tuple(float(np.median(v)) if v else float("nan") for v in (seams, inside))
+    turns = head_motion(frames, span=1, max_deg=max_deg)  # turn from frame i to i + 1
+    seam = (np.arange(len(turns)) + 1) % clip == 0
+    return tuple(float(np.nanmedian(t)) if np.isfinite(t).any() else float("nan") for t in (turns[seam], turns[~seam]))
 
 
 def pearson(x, y) -> float:
